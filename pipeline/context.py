@@ -1,0 +1,80 @@
+"""The run context: what every stage of one run shares.
+
+It holds the data set, every artifact made so far (in order), the measurements the benchmark
+stage took, notes for the report, and an in-memory cache of Keras models so that a stage does
+not reload the file its predecessor just wrote.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import Artifact, make_artifact
+from pipeline.errors import ConfigError
+from pipeline.kerasio import load_keras, save_keras
+from pipeline.stage import stage_config
+
+
+@dataclass
+class RunContext:
+    data: Any  # pipeline.data.Dataset
+    out_dir: Path
+    model_name: str = "model"
+    seed: int = 0
+    artifacts: list[Artifact] = field(default_factory=list)
+    measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    stage_dir: Path | None = None  # where the running stage writes; set by the runner
+    baseline: str | None = None  # name of the dense Keras baseline artifact
+    _models: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- artifacts -------------------------------------------------------------------------
+    def find(self, name: str) -> Artifact:
+        for art in self.artifacts:
+            if art.name == name:
+                return art
+        known = ", ".join(a.name for a in self.artifacts) or "none yet"
+        raise ConfigError(f"no artifact named {name!r}; artifacts so far: {known}")
+
+    def keras_model(self, art: Artifact):
+        """The model an artifact holds. Callers must not mutate it: clone it first."""
+        if not art.is_keras:
+            raise TypeError(f"artifact {art.name!r} is {art.format}, not a Keras model")
+        if art.id not in self._models:
+            self._models[art.id] = load_keras(art.path)
+        return self._models[art.id]
+
+    def save_model(self, stage, model, name: str, *, parent: Artifact | None, kind: str,
+                   meta: dict[str, Any] | None = None) -> Artifact:
+        """Write `model` into the stage's folder and return its artifact record."""
+        path = self._stage_path(f"{name}.h5")
+        save_keras(model, path)
+        art = make_artifact(name, path, fmt="keras", kind=kind, stage=stage.name,
+                            config=stage_config(stage), parent=parent, meta=meta)
+        self._models[art.id] = model
+        return art
+
+    def add_file(self, stage, path: Path, name: str, *, fmt: str, parent: Artifact | None,
+                 meta: dict[str, Any] | None = None) -> Artifact:
+        """Record a file the stage has completely written into its folder."""
+        return make_artifact(name, path, fmt=fmt, kind=fmt, stage=stage.name,
+                             config=stage_config(stage), parent=parent, meta=meta)
+
+    def stage_path(self, filename: str) -> Path:
+        return self._stage_path(filename)
+
+    def _stage_path(self, filename: str) -> Path:
+        if self.stage_dir is None:
+            raise RuntimeError("no stage is running: stage_dir is unset")
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        return self.stage_dir / filename
+
+    def rebind(self, old: Artifact, new: Artifact) -> None:
+        """Keep the cached model when the runner moves an artifact to its final folder."""
+        if old.id in self._models:
+            self._models[new.id] = self._models.pop(old.id)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)

@@ -1,0 +1,59 @@
+"""The stage protocol.
+
+A stage is a small frozen dataclass whose fields are its parameters. It checks them in
+`__post_init__`, declares which artifact kinds it accepts and which kind its main output has,
+and turns one input artifact into output artifacts without mutating the input:
+
+>>> @dataclass(frozen=True)
+... class Strip:
+...     name: ClassVar[str] = "strip"
+...     accepts: ClassVar[tuple[str, ...]] = ("keras:pruning",)
+...     produces: ClassVar[str | None] = "keras"
+...     def run(self, art, ctx):
+...         model = strip_pruning(ctx.keras_model(art))
+...         return [ctx.save_model(self, model, "pruned", parent=art, kind="keras")]
+
+`produces` is the kind of the Keras artifact that the next stage receives. A stage whose
+outputs are only files for deployment (export, benchmark) has `produces = None`, and the next
+stage gets the same input this one got.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.artifacts import Artifact
+    from pipeline.context import RunContext
+
+
+class Stage(Protocol):
+    name: ClassVar[str]
+    accepts: ClassVar[tuple[str, ...]]
+    produces: ClassVar[str | None]
+
+    def run(self, art: "Artifact", ctx: "RunContext") -> list["Artifact"]: ...
+
+
+def stage_config(stage: Any) -> dict[str, Any]:
+    """The stage's parameters as plain data (what goes into artifact ids and the report)."""
+    return dataclasses.asdict(stage)
+
+
+def require(ok: bool, stage: str, message: str) -> None:
+    """Raise a ConfigError for `stage` unless `ok`. Used in `__post_init__`."""
+    if not ok:
+        raise ConfigError(f"stage '{stage}': {message}")
+
+
+def check_fraction(stage: str, field: str, value: float, *, upper_open: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and 0.0 <= value and (value < 1.0 if upper_open else value <= 1.0)
+    bound = "[0, 1)" if upper_open else "[0, 1]"
+    require(ok, stage, f"{field} must be in {bound}. Received: {field}={value!r}")
+
+
+def check_count(stage: str, field: str, value: int, *, minimum: int = 0) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, stage, f"{field} must be an integer >= {minimum}. Received: {field}={value!r}")
