@@ -27,6 +27,7 @@ class RunContext:
     notes: list[str] = field(default_factory=list)
     stage_dir: Path | None = None  # where the running stage writes; set by the runner
     baseline: str | None = None  # name of the dense Keras baseline artifact
+    stage_timings: list[dict[str, Any]] = field(default_factory=list)
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- artifacts -------------------------------------------------------------------------
@@ -70,10 +71,9 @@ class RunContext:
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         return self.stage_dir / filename
 
-    def rebind(self, old: Artifact, new: Artifact) -> None:
-        """Keep the cached model when the runner moves an artifact to its final folder."""
-        if old.id in self._models:
-            self._models[new.id] = self._models.pop(old.id)
+    def measurable(self) -> list[Artifact]:
+        """Artifacts worth exporting and measuring: all but an untrained source model."""
+        return [a for a in self.artifacts if a.stage != "source" or a.name == self.baseline]
 
     def note(self, text: str) -> None:
         if text not in self.notes:

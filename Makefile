@@ -1,0 +1,51 @@
+# slimpipe: `make compress` sets everything up and runs the default pipeline; `make test` runs
+# the tests. Make variables map 1:1 to `slimpipe compress` options.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?= cnn
+DATASET ?= fashion_mnist
+RECIPE ?= default
+OUT ?=
+EPOCHS ?=
+LIMIT ?=
+WIDTH ?=
+SEED ?=
+DATA_DIR ?=
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
+	$(if $(OUT),--out $(OUT)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LIMIT),--limit $(LIMIT)) \
+	$(if $(WIDTH),--width $(WIDTH)) $(if $(SEED),--seed $(SEED)) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+.PHONY: setup data compress test bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Fashion-MNIST, the default data set, comes from Debian's package where apt is available (as
+# root); elsewhere slimpipe finds it in $SLIMPIPE_DATA_DIR or the Keras cache, or downloads it.
+data:
+	@if [ -f $(FASHION_MNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "note: Debian's dataset-fashion-mnist is not installed (needs root: apt-get install dataset-fashion-mnist);" \
+	  "slimpipe will look in \$$SLIMPIPE_DATA_DIR and the Keras cache, then try to download it."; fi
+
+compress: setup
+	$(BIN)/slimpipe compress $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+
+clean:
+	rm -rf runs .pytest_cache .benchmarks

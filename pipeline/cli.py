@@ -1,0 +1,136 @@
+"""The `slimpipe` command line.
+
+    slimpipe compress --model cnn --dataset fashion_mnist            # the default recipe
+    slimpipe compress --model my_model.keras --dataset npz:data.npz --recipe my.toml
+    slimpipe list                                                     # models, data sets, stages
+
+Errors a user can fix print one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from pipeline.errors import ConfigError, SlimpipeError, StageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimpipe", description="Compress, export and benchmark Keras models.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compress", help="run a recipe on a model and a data set")
+    c.add_argument("--model", default="cnn", help="a model name (see 'slimpipe list') or a path "
+                   "to a saved Keras model (.keras, .h5 or SavedModel folder)")
+    c.add_argument("--dataset", default="fashion_mnist", help="a data set name, npz:PATH or tfds:NAME")
+    c.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml file")
+    c.add_argument("--out", default=None, help="output folder (default: runs/MODEL-DATASET)")
+    c.add_argument("--epochs", type=int, default=None, help="override the train stage's epochs")
+    c.add_argument("--limit", type=int, default=None, help="use at most N training examples")
+    c.add_argument("--width", type=float, default=1.0, help="width multiplier for built-in models")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--data-dir", default=None, help="where data set files are (else the usual places)")
+    c.add_argument("--allow-unsafe-model", action="store_true",
+                   help="load models with Lambda layers (runs code from the file)")
+    sub.add_parser("list", help="list models, data sets, stages and recipes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        return _compress(args)
+    except StageError as exc:
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (run with --debug for the traceback)"
+        print(f"slimpipe: error: {exc}{hint}", file=sys.stderr)
+        return 2
+    except SlimpipeError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"slimpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+def _list() -> int:
+    from pipeline.data import DATASETS
+    from pipeline.models import MODELS
+    from pipeline.recipe import shipped_recipes
+    from stages import STAGES
+
+    sections = [("models", MODELS), ("data sets", DATASETS),
+                ("stages", {k: (v.__doc__ or "").strip().splitlines()[0] for k, v in STAGES.items()}),
+                ("recipes", shipped_recipes())]
+    for title, entries in sections:
+        print(f"{title}:")
+        for key, text in entries.items():
+            print(f"  {key:<16} {text}")
+    return 0
+
+
+def default_out(model: str, dataset: str) -> Path:
+    stem = Path(model).stem if os.sep in model or "." in model else model
+    return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{dataset}")
+
+
+def _compress(args) -> int:
+    from benchmarks.environment import environment
+    from pipeline.context import RunContext
+    from pipeline.data import load_dataset
+    from pipeline.models import check_fit, resolve_model
+    from pipeline.recipe import load_recipe
+    from pipeline.report import build_report, write_report
+    from pipeline.runner import run_recipe, save_source
+    from stages import STAGES
+
+    if args.epochs is not None and args.epochs < 0:
+        raise ConfigError(f"--epochs must be >= 0. Received: --epochs {args.epochs}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1. Received: --limit {args.limit}")
+    if not args.width > 0:
+        raise ConfigError(f"--width must be > 0. Received: --width {args.width}")
+    overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
+    # Everything that can be checked is checked before any output is written.
+    recipe = load_recipe(args.recipe, STAGES, overrides=overrides)
+    data = load_dataset(args.dataset, limit=args.limit, data_dir=args.data_dir, seed=args.seed)
+    model, trained = resolve_model(args.model, input_shape=data.input_shape,
+                                   num_classes=data.num_classes, width=args.width,
+                                   seed=args.seed, allow_unsafe=args.allow_unsafe_model)
+    check_fit(model, data)
+
+    out = Path(args.out) if args.out else default_out(args.model, args.dataset)
+    _clear_previous_run(out)
+    ctx = RunContext(data=data, out_dir=out, model_name=args.model, seed=args.seed)
+    print(f"[slimpipe] {args.model} on {data.name}: {len(data.x_train)} training and "
+          f"{len(data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
+    source = save_source(ctx, model, spec=args.model, width=args.width, trained=trained)
+    run_recipe(recipe, source, ctx)
+    report = build_report(ctx, recipe=recipe.name, environment=environment())
+    json_path, md_path = write_report(report, out)
+    print(f"[slimpipe] report: {md_path} and {json_path}")
+    return 0
+
+
+def _clear_previous_run(out: Path) -> None:
+    """Remove what an earlier run wrote to `out` (only slimpipe's own entries)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file: give a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in out.iterdir():
+        if re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|report\.(json|md|html)(\.tmp)?", entry.name):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Recipes: an ordered list of configured stages, from a TOML file or built in Python.
+
+>>> recipe = load_recipe("default", STAGES)           # a recipe shipped in pipeline/recipes/
+>>> recipe = load_recipe("my_recipe.toml", STAGES)    # or a file of your own
+>>> recipe[:3]                                          # the first three steps, for debugging
+
+A TOML recipe looks like::
+
+    name = "default"
+    [[stages]]
+    stage = "train"
+    epochs = 10
+    [[stages]]
+    stage = "prune"
+    final_sparsity = 0.8
+
+Everything is validated before anything runs: stage types exist, step names are unique,
+parameters are known and valid, and each stage accepts the kind of model the one before it
+produces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pipeline.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # unique in the recipe; its outputs go to OUT/NN-name/
+    stage: Any  # a Stage instance
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: tuple[Step, ...]
+    description: str = ""
+    gate: Mapping[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return dataclasses.replace(self, steps=self.steps[index])
+        return self.steps[index]
+
+
+def shipped_recipes() -> dict[str, str]:
+    """Name -> description of the recipes in pipeline/recipes/."""
+    out = {}
+    for path in sorted(RECIPES_DIR.glob("*.toml")):
+        out[path.stem] = tomllib.loads(path.read_text()).get("description", "")
+    return out
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def load_recipe(spec: str | Path, registry: Mapping[str, type], *,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                start_kind: str = "keras") -> Recipe:
+    """Load a shipped recipe by name, or a TOML file by path, and validate it."""
+    path = Path(spec)
+    if path.suffix != ".toml":
+        path = RECIPES_DIR / f"{spec}.toml"
+        if not path.is_file():
+            known = ", ".join(shipped_recipes())
+            raise ConfigError(f"unknown recipe {str(spec)!r}: expected one of {known} or a path "
+                              f"to a .toml file.{_suggest(str(spec), shipped_recipes())}")
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist: check the path")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    return build_recipe(data, registry, overrides=overrides, start_kind=start_kind)
+
+
+def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                 start_kind: str = "keras") -> Recipe:
+    """Build a Recipe from plain data (the parsed TOML) and validate it.
+
+    `overrides` maps a stage type to parameters that replace the recipe's for every step of
+    that type (the CLI's --epochs sets {"train": {"epochs": N}}).
+    """
+    unknown = set(data) - {"name", "description", "stages", "gate"}
+    if unknown:
+        raise ConfigError(f"recipe has unknown top-level keys {sorted(unknown)}: "
+                          "expected name, description, stages, gate")
+    entries = data.get("stages")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("recipe has no stages: add at least one [[stages]] table with a 'stage' key")
+    steps, seen = [], set()
+    for i, entry in enumerate(entries, 1):
+        step = _build_step(i, dict(entry), registry, overrides or {})
+        if step.name in seen:
+            raise ConfigError(f"recipe step {i}: name {step.name!r} is used twice; give each "
+                              "step a unique 'name'")
+        seen.add(step.name)
+        steps.append(step)
+    recipe = Recipe(name=str(data.get("name", "recipe")), steps=tuple(steps),
+                    description=str(data.get("description", "")), gate=dict(data.get("gate", {})))
+    check_chain(recipe, start_kind)
+    return recipe
+
+
+def _build_step(index: int, entry: dict[str, Any], registry, overrides) -> Step:
+    kind = entry.pop("stage", None)
+    if kind is None:
+        raise ConfigError(f"recipe step {index} has no 'stage' key: say which stage it is "
+                          f"(one of {', '.join(registry)})")
+    if kind not in registry:
+        raise ConfigError(f"recipe step {index}: unknown stage {kind!r}; known stages: "
+                          f"{', '.join(registry)}.{_suggest(kind, registry)}")
+    name = str(entry.pop("name", kind))
+    entry.update(overrides.get(kind, {}))
+    cls = registry[kind]
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in entry:
+        if key not in fields:
+            raise ConfigError(f"stage '{name}' ({kind}): unknown parameter {key!r}; known: "
+                              f"{', '.join(sorted(fields)) or 'none'}.{_suggest(key, fields)}")
+    params = {k: tuple(_tuplify(v)) if isinstance(v, list) else v for k, v in entry.items()}
+    try:
+        return Step(name=name, stage=cls(**params))
+    except TypeError as exc:  # e.g. a wrong type that __post_init__ did not anticipate
+        raise ConfigError(f"stage '{name}' ({kind}): bad parameters: {exc}") from None
+
+
+def _tuplify(value: list) -> list:
+    return [tuple(_tuplify(v)) if isinstance(v, list) else v for v in value]
+
+
+def check_chain(recipe: Recipe, start_kind: str = "keras") -> None:
+    """Each stage must accept the kind of model the stages before it leave current."""
+    current = start_kind
+    for i, step in enumerate(recipe.steps, 1):
+        accepts = step.stage.accepts
+        if current not in accepts:
+            raise ConfigError(
+                f"recipe step {i} '{step.name}' accepts {', '.join(accepts)} models but would "
+                f"receive a {current} model: reorder the stages (e.g. 'strip' after 'prune')")
+        if step.stage.produces is not None:
+            current = step.stage.produces

@@ -1,0 +1,201 @@
+"""The report: a lineage table of every artifact, built from artifact records and measurements.
+
+`build_report` returns plain data with stable field names (CI scripts read `report.json`);
+`render_markdown` turns that data into `report.md` for people.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.context import RunContext
+
+SPARSE = 0.3  # an artifact with at least this fraction of zero weights counts as sparse
+SAME_SPEED = 0.10  # ratios within 10% of 1.0 count as "no speedup"
+
+
+def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -> dict[str, Any]:
+    artifacts = [_artifact_row(a, ctx) for a in ctx.artifacts
+                 if a in ctx.measurable() or a.name == ctx.baseline]
+    report = {
+        "slimpipe_version": __version__,
+        "model": ctx.model_name,
+        "dataset": ctx.data.name,
+        "recipe": recipe,
+        "baseline": ctx.baseline,
+        "environment": environment,
+        "stages": [dict(t) for t in ctx.stage_timings],
+        "artifacts": artifacts,
+        "notes": list(ctx.notes),
+    }
+    report["sparsity_and_speed"] = sparsity_and_speed(report)
+    return report
+
+
+def _artifact_row(art, ctx: RunContext) -> dict[str, Any]:
+    m = ctx.measurements.get(art.name, {})
+    return {
+        "name": art.name,
+        "format": art.format,
+        "kind": art.kind,
+        "stage": art.stage,
+        "parent": art.parent,
+        "id": art.id,
+        "path": os.path.relpath(art.path, ctx.out_dir),
+        "sha256": art.sha256,
+        "bytes": m.get("bytes"),
+        "gzip_bytes": m.get("gzip_bytes"),
+        "sparsity": m.get("sparsity"),
+        "accuracy": m.get("accuracy"),
+        "top1_agreement": m.get("top1_agreement"),
+        "latency": m.get("latency", []),
+        "layers": m.get("layers", []),
+        "validation": art.meta.get("validation"),
+        "mode": art.meta.get("mode"),
+        "sparse_storage": art.meta.get("sparse_storage", False),
+        "config": dict(art.config),
+    }
+
+
+# -- comparisons ----------------------------------------------------------------------------
+def reference_for(row: dict[str, Any], rows: list[dict[str, Any]], baseline: str | None):
+    """The dense baseline in the same format: the row a size or speed ratio is taken against."""
+    if baseline is None:
+        return None
+    if row["format"] == "keras":
+        return next((r for r in rows if r["name"] == baseline), None)
+    return next((r for r in rows if r["parent"] == baseline and r["format"] == row["format"]
+                 and not r["sparse_storage"] and r["mode"] in (None, "float32")), None)
+
+
+def _latency(row, runtime: str, threads: int, batch: int, device: str = "cpu"):
+    return next((l for l in row.get("latency", []) if l["runtime"] == runtime and
+                 l["threads"] == threads and l["batch"] == batch and l["device"] == device), None)
+
+
+def speedup(row, ref, point: dict[str, Any]) -> float | None:
+    """ref p50 / row p50 at the same runtime, device, threads and batch."""
+    mine = _latency(row, point["runtime"], point["threads"], point["batch"], point["device"])
+    theirs = _latency(ref, point["runtime"], point["threads"], point["batch"], point["device"])
+    if not mine or not theirs or not mine["p50_ms"]:
+        return None
+    return theirs["p50_ms"] / mine["p50_ms"]
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def sparsity_and_speed(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each sparse exported artifact: measured speed against its dense counterpart."""
+    rows, out = report["artifacts"], []
+    for row in rows:
+        ref = reference_for(row, rows, report["baseline"])
+        if row["format"] == "keras" or ref is None or ref is row or (row["sparsity"] or 0) < SPARSE:
+            continue
+        for point in row["latency"]:
+            ratio = speedup(row, ref, point)
+            if ratio is None:
+                continue
+            out.append({
+                "artifact": row["name"], "reference": ref["name"], "sparsity": row["sparsity"],
+                "sparse_storage": row["sparse_storage"], "runtime": point["runtime"],
+                "engine": point.get("engine"), "device": point["device"],
+                "threads": point["threads"], "batch": point["batch"], "speedup": ratio,
+                "bytes_ratio": _ratio(ref["bytes"], row["bytes"]),
+                "gzip_ratio": _ratio(ref["gzip_bytes"], row["gzip_bytes"]),
+                "sentence": _sentence(row, ref, point, ratio),
+            })
+    return out
+
+
+def _sentence(row, ref, point, ratio) -> str:
+    where = (f"{point['runtime']} ({point.get('engine') or 'default'}, {point['threads']} "
+             f"thread{'s' if point['threads'] != 1 else ''}, batch {point['batch']})")
+    head = (f"{row['name']} has {row['sparsity']:.0%} zero weights and runs at {ratio:.2f}x the "
+            f"speed of {ref['name']} on {where}")
+    if abs(ratio - 1.0) <= SAME_SPEED:
+        verdict = "no speedup: these kernels multiply the zeros like any other weight"
+    elif ratio > 1.0:
+        verdict = "faster: this runtime skipped work for the zeros here"
+    else:
+        verdict = "slower: the sparse format costs more here than the zeros save"
+    storage = ("its weights are stored sparse, so the file itself is smaller"
+               if row["sparse_storage"] else "its weights are stored dense, so the zeros only "
+               "pay off in size after compression (gzip)")
+    return f"{head}: {verdict}; {storage}."
+
+
+# -- markdown ---------------------------------------------------------------------------------
+def _fmt_bytes(n) -> str:
+    return "–" if n is None else f"{n:,}"
+
+
+def _x(v) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows, base_name = report["artifacts"], report["baseline"]
+    base = next((r for r in rows if r["name"] == base_name), None)
+    lines = [f"# slimpipe report: {report['model']} on {report['dataset']}", "",
+             f"Recipe `{report['recipe']}`, baseline `{base_name}`. Ratios (x smaller, x faster) "
+             "are against the dense baseline in the same format; accuracy is measured on the "
+             "test set by each artifact's own runtime; latency is p50 at 1 thread, batch 1.", "",
+             "| artifact | format | stage | parent | bytes | x smaller | gzip bytes | x smaller (gzip) "
+             "| sparsity | accuracy | Δ acc (pts) | p50 ms | x faster | parity |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ref = reference_for(r, rows, base_name)
+        lat = next((l for l in r["latency"] if l["threads"] == 1 and l["batch"] == 1
+                    and l["device"] == "cpu"), None)
+        fast = speedup(r, ref, lat) if lat and ref else None
+        acc = r["accuracy"]
+        delta = (acc - base["accuracy"]) * 100 if base and acc is not None and base["accuracy"] is not None else None
+        val = r["validation"]
+        parity = "–" if not val else (f"ok ({val['max_abs_diff']:.1e})" if val["passed"]
+                                     else f"FAILED ({val['max_abs_diff']:.1e})")
+        lines.append("| " + " | ".join([
+            f"`{r['name']}`", r["format"], r["stage"], r["parent"] or "–",
+            _fmt_bytes(r["bytes"]), _x(_ratio(ref and ref["bytes"], r["bytes"])),
+            _fmt_bytes(r["gzip_bytes"]), _x(_ratio(ref and ref["gzip_bytes"], r["gzip_bytes"])),
+            "–" if r["sparsity"] is None else f"{r['sparsity']:.1%}",
+            "–" if acc is None else f"{acc:.2%}", "–" if delta is None else f"{delta:+.2f}",
+            "–" if not lat else f"{lat['p50_ms']:.3f}", _x(fast), parity]) + " |")
+    lines += ["", "## Latency", "",
+              "| artifact | runtime | engine | device | threads | batch | p50 ms | p90 ms | p99 ms | runs |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        for l in r["latency"]:
+            lines.append(f"| `{r['name']}` | {l['runtime']} | {l.get('engine') or '–'} | "
+                         f"{l['device']} | {l['threads']} | {l['batch']} | {l['p50_ms']:.3f} | "
+                         f"{l['p90_ms']:.3f} | {l['p99_ms']:.3f} | {l['runs']} |")
+    lines += ["", "## Sparsity and speed", ""]
+    lines += [f"- {s['sentence']}" for s in report["sparsity_and_speed"]] or [
+        "- No sparse exported artifact was measured in this run."]
+    lines += ["", "## Stages", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {s['name']} | {s['seconds']:.1f} |" for s in report["stages"]]
+    env = report["environment"]
+    lines += ["", "## Environment", "", f"- CPU: {env.get('cpu')} ({env.get('cores')} cores; "
+              f"ISA: {', '.join(env.get('isa', [])) or 'unknown'})",
+              f"- GPU: {', '.join(env.get('gpu') or []) or 'none'}",
+              "- " + ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))]
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write report.json and report.md atomically (temporary file, then rename)."""
+    paths = []
+    for name, text in (("report.json", json.dumps(report, indent=2, sort_keys=False)),
+                       ("report.md", render_markdown(report))):
+        final = Path(out_dir) / name
+        tmp = final.with_suffix(final.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, final)
+        paths.append(final)
+    return paths[0], paths[1]

@@ -1,0 +1,47 @@
+"""Shared compile-and-fit for the stages that train (train, prune, ...).
+
+>>> history = fit(model, ctx, epochs=2, batch_size=64, learning_rate=1e-3,
+...               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+
+def verbosity() -> int:
+    """Keras's own progress bars, unless SLIMPIPE_QUIET is set (tests, CI logs)."""
+    return 0 if os.environ.get("SLIMPIPE_QUIET", "") not in ("", "0") else 1
+
+
+def output_is_probabilities(model) -> bool:
+    """Whether the model ends in a softmax (so the loss must not apply one again)."""
+    import tf_keras as keras
+
+    last = model.layers[-1]
+    # tfmot wrappers (pruning, clustering, QAT) keep the real layer in `.layer`.
+    while hasattr(last, "layer") and isinstance(last.layer, keras.layers.Layer):
+        last = last.layer
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
+
+
+def steps_per_epoch(ctx, batch_size: int) -> int:
+    return math.ceil(len(ctx.data.x_train) / batch_size)
+
+
+def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callbacks=()):
+    """Compile `model` in place and train it on the run's training set. Returns the History."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(ctx.seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not output_is_probabilities(model)),
+        metrics=["accuracy"],
+    )
+    return model.fit(ctx.data.train_dataset(batch_size, seed=ctx.seed), epochs=epochs,
+                     callbacks=list(callbacks), verbose=verbosity())

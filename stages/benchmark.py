@@ -1,0 +1,99 @@
+"""Measure every artifact of the run: size, sparsity, accuracy and latency, in its own runtime."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pipeline.artifacts import KERAS_KINDS, Artifact
+from pipeline.context import RunContext
+from pipeline.stage import check_count, require
+
+from benchmarks.accuracy import accuracy, predict_all, top1_agreement
+from benchmarks.measure import file_size, measure_latency
+from benchmarks.runtimes import gpu_devices, open_runtime
+from benchmarks.sparsity import weight_sparsity
+
+RUNTIME_OF = {"keras": "keras", "tflite": "litert", "onnx": "onnxruntime"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Measure each artifact; the report is built from these measurements.
+
+    Accuracy is computed on the full test set (or `accuracy_limit` examples) by the artifact's
+    own runtime: Keras, LiteRT or onnxruntime. Latency is measured for TFLite and ONNX files at
+    each (threads, batch) pair of `latency`; threads 0 means all cores.
+
+    >>> Benchmark(latency=((1, 1), (0, 32)), min_seconds=1.0)
+    """
+
+    name: ClassVar[str] = "benchmark"
+    accepts: ClassVar[tuple[str, ...]] = KERAS_KINDS
+    produces: ClassVar[str | None] = None
+
+    latency: tuple[tuple[int, int], ...] = ((1, 1), (0, 32))
+    warmup: int = 10
+    min_runs: int = 50
+    min_seconds: float = 1.0
+    accuracy_limit: int | None = None
+
+    def __post_init__(self):
+        ok = all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, int) for v in p)
+                 and p[0] >= 0 and p[1] >= 1 for p in self.latency)
+        require(ok, self.name, "latency must be a list of [threads, batch] pairs with threads >= 0 "
+                f"(0 = all cores) and batch >= 1. Received: latency={self.latency!r}")
+        check_count(self.name, "warmup", self.warmup)
+        check_count(self.name, "min_runs", self.min_runs, minimum=1)
+        require(isinstance(self.min_seconds, (int, float)) and self.min_seconds >= 0, self.name,
+                f"min_seconds must be >= 0. Received: min_seconds={self.min_seconds!r}")
+        if self.accuracy_limit is not None:
+            check_count(self.name, "accuracy_limit", self.accuracy_limit, minimum=1)
+
+    def run(self, art: Artifact, ctx: RunContext) -> list[Artifact]:
+        x, y = ctx.data.x_test, ctx.data.y_test
+        if self.accuracy_limit:
+            x, y = x[: self.accuracy_limit], y[: self.accuracy_limit]
+        reference = None
+        if ctx.baseline:
+            reference = predict_all(open_runtime(ctx.find(ctx.baseline).path, "keras"), x)
+        gpus = gpu_devices()
+        for target in ctx.measurable():
+            ctx.measurements[target.name] = self._measure(target, x, y, reference, gpus)
+        if not gpus:
+            ctx.note("No GPU in this environment (no CUDA/TensorRT provider for onnxruntime, no TF "
+                     "GPU): the report has CPU rows only.")
+        path = ctx.stage_path("measurements.json")
+        path.write_text(json.dumps(ctx.measurements, indent=2, sort_keys=True))
+        return []
+
+    def _measure(self, target: Artifact, x, y, reference, gpus) -> dict:
+        m = {**file_size(target.path), **weight_sparsity(target.path, target.format)}
+        m["accuracy_runtime"] = RUNTIME_OF[target.format]
+        runtime = open_runtime(target.path, target.format, threads=0)
+        logits = predict_all(runtime, x)
+        m["accuracy"] = accuracy(logits, y)
+        m["test_examples"] = int(len(y))
+        if reference is not None:
+            m["top1_agreement"] = top1_agreement(logits, reference)
+        m["latency"] = []
+        if target.format == "keras":
+            return m
+        devices = ["cpu"] + (["gpu"] if gpus and target.format == "onnx" else [])
+        for device in devices:
+            for threads, batch in self.latency:
+                m["latency"].append(self._latency(target, device, threads, batch, x))
+        return m
+
+    def _latency(self, target: Artifact, device: str, threads: int, batch: int, x) -> dict:
+        runtime = open_runtime(target.path, target.format, threads=threads, device=device)
+        sample = x[:batch]
+        if len(sample) < batch:  # fewer test examples than the batch: repeat them
+            sample = x[[i % len(x) for i in range(batch)]]
+        stats = measure_latency(lambda: runtime.predict(sample), warmup=self.warmup,
+                                min_runs=self.min_runs, min_seconds=self.min_seconds)
+        return {"runtime": runtime.runtime, "device": device,
+                "threads": threads or os.cpu_count(), "batch": batch,
+                "engine": getattr(runtime, "delegate", None) or getattr(runtime, "provider", None),
+                "load_ms": round(runtime.load_ms, 3), **stats}

@@ -1,0 +1,66 @@
+"""The train stage: fit the dense baseline that every compression stage starts from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pipeline.artifacts import Artifact
+from pipeline.kerasio import clone_with_weights
+from pipeline.stage import check_count, require
+from stages._fit import fit
+
+IF_TRAINED = ("skip", "continue")
+
+
+@dataclass(frozen=True)
+class Train:
+    """Train a Keras classifier on the run's data set (Adam, sparse cross-entropy).
+
+    >>> arts = Train(epochs=5, batch_size=128).run(source, ctx)
+    >>> arts[0].name, arts[0].meta["train_accuracy"]
+    ('trained', 0.91)
+
+    An input already marked `trained: True` in its meta is kept as the baseline without more
+    training unless `if_trained="continue"`. `epochs=0` copies the model unchanged.
+    """
+
+    name: ClassVar[str] = "train"
+    accepts: ClassVar[tuple[str, ...]] = ("keras",)
+    produces: ClassVar[str | None] = "keras"
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    if_trained: str = "skip"
+
+    def __post_init__(self):
+        check_count(self.name, "epochs", self.epochs, minimum=0)
+        check_count(self.name, "batch_size", self.batch_size, minimum=1)
+        require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
+                and self.learning_rate > 0, self.name,
+                f"learning_rate must be a number > 0 (e.g. 1e-3). Received: learning_rate={self.learning_rate!r}")
+        require(self.if_trained in IF_TRAINED, self.name,
+                f"if_trained must be one of {', '.join(map(repr, IF_TRAINED))}. "
+                f"Received: if_trained={self.if_trained!r}")
+
+    def run(self, art: Artifact, ctx) -> list[Artifact]:
+        if art.meta.get("trained") and self.if_trained == "skip":
+            # No new artifact: the runner keeps `art` as the current model.
+            ctx.baseline = art.name
+            ctx.note(f"train: {art.name!r} is already trained; kept it as the baseline "
+                     "(set if_trained = \"continue\" to train it further)")
+            return []
+
+        model = clone_with_weights(ctx.keras_model(art))
+        meta = {"epochs": self.epochs, "trained": True}
+        if self.epochs > 0:
+            history = fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
+                          learning_rate=self.learning_rate).history
+            meta["train_accuracy"] = float(history["accuracy"][-1])
+            meta["train_loss"] = float(history["loss"][-1])
+        else:
+            # Nothing was trained here: only claim `trained` if the input already was.
+            meta["trained"] = bool(art.meta.get("trained", False))
+        out = ctx.save_model(self, model, "trained", parent=art, kind="keras", meta=meta)
+        ctx.baseline = out.name
+        return [out]
