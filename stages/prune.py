@@ -90,7 +90,7 @@ class Prune:
             collect_prunable_layers)
 
         source = ctx.keras_model(art)
-        targets = self._targets(source)
+        targets = self._targets(source, ctx)
         steps = self.epochs * steps_per_epoch(ctx, self.batch_size)
         end_step, frequency = self._window(steps)
         sched = tfmot.sparsity.keras
@@ -131,17 +131,23 @@ class Prune:
                 "layers": per_layer, "frequency": frequency, "end_step": end_step, "steps": steps}
         return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
 
-    def _targets(self, model) -> set[str]:
+    def _targets(self, model, ctx) -> set[str]:
         prunable = [layer.name for layer in model.layers if _prunable(layer, self.block_size)]
         unknown = [name for name in self.layers if name not in prunable]
         if unknown or not prunable:
             what = (f"layers={list(self.layers)!r} names {unknown!r}" if unknown
                     else "the model has none")
             if tuple(self.block_size) != (1, 1):
-                what += f" (block_size={tuple(self.block_size)} works on Dense-like 2-D kernels only)"
+                what += f" (block_size={tuple(self.block_size)} needs 2-D kernels larger than the block)"
             raise ConfigError(f"stage 'prune': expected names of prunable layers "
                               f"({', '.join(prunable) or 'none'}); {what}: "
                               "list only those layers, or leave layers empty to prune them all")
+        if not self.layers and tuple(self.block_size) != (1, 1):
+            left = [layer.name for layer in model.layers
+                    if _prunable(layer, (1, 1)) and layer.name not in prunable]
+            if left:
+                ctx.note(f"prune: block_size={tuple(self.block_size)} left {', '.join(left)} dense: "
+                         "tfmot's block sparsity needs 2-D kernels larger than the block")
         return set(self.layers or prunable)
 
     def _window(self, steps: int) -> tuple[int, int]:
@@ -180,5 +186,9 @@ def _prunable(layer, block_size) -> bool:
         return tuple(block_size) == (1, 1)
     if not registry._weight_names(layer):
         return False
-    # tfmot's block sparsity only handles 2-D kernels (Dense), not convolutions.
-    return tuple(block_size) == (1, 1) or getattr(layer, "kernel", None) is not None and layer.kernel.shape.rank == 2
+    if tuple(block_size) == (1, 1):
+        return True
+    # tfmot's block sparsity handles only 2-D kernels, and squeezes away a dimension that
+    # pools to size 1 and then fails: each kernel dimension must exceed the block's.
+    shape = getattr(getattr(layer, "kernel", None), "shape", None)
+    return shape is not None and shape.rank == 2 and all(d > b for d, b in zip(shape, block_size))

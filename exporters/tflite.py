@@ -1,0 +1,99 @@
+"""Export a Keras model to a TFLite flatbuffer.
+
+Modes:
+- "float32": plain float model.
+- "dynamic": dynamic-range quantization (`Optimize.DEFAULT`): int8 weights, float activations.
+- "int8": full-integer quantization calibrated on `representative` (np array of model inputs);
+  int8 weights, activations, inputs and outputs. `benchmarks.runtimes` quantizes inputs and
+  dequantizes outputs, so callers still pass and get floats.
+- "float16": float16 weights (`Optimize.DEFAULT` + `supported_types=[float16]`).
+
+`sparse=True` adds `Optimize.EXPERIMENTAL_SPARSITY`: weight tensors that are mostly zeros are
+stored in a sparse format (only non-zeros, plus indices) and densified by a DENSIFY op.
+
+>>> export_tflite(model, "out/pruned.tflite", sparse=True)
+PosixPath('out/pruned.tflite')
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from exporters import write_bytes_atomic
+from pipeline.errors import ConfigError, StageError
+
+MODES = ("float32", "dynamic", "int8", "float16")
+
+# Calibration samples fed to the int8 converter at most (the converter's own default is 100+).
+MAX_CALIBRATION_SAMPLES = 500
+
+
+def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
+                  representative=None) -> Path:
+    """Convert `model` with `tf.lite.TFLiteConverter.from_keras_model` and write it atomically.
+
+    Raises ConfigError for bad arguments and StageError (cause chained) if the converter fails.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"TFLite export mode must be one of {', '.join(MODES)}. "
+                          f"Received: mode={mode!r}")
+    if not isinstance(sparse, bool):
+        raise ConfigError(f"TFLite export: sparse must be True or False. Received: sparse={sparse!r}")
+    rep = _check_representative(model, mode, representative)
+    path = Path(path)
+
+    import tensorflow as tf
+
+    try:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        optimizations = []
+        if mode in ("dynamic", "int8", "float16"):
+            optimizations.append(tf.lite.Optimize.DEFAULT)
+        if sparse:
+            optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+        converter.optimizations = optimizations
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "int8":
+            converter.representative_dataset = _representative_dataset(rep)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        flatbuffer = converter.convert()
+    except Exception as exc:  # the converter raises many types (ConverterError, ValueError, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise StageError(
+            f"TFLite export of model {getattr(model, 'name', '?')!r} (mode={mode}, sparse={sparse}) "
+            f"failed: {type(exc).__name__}: {first}. Expected a model of TFLite builtin ops; "
+            f"fix: strip training wrappers (tfmot strip_pruning/strip_clustering) or try mode='float32'"
+        ) from exc
+    return write_bytes_atomic(path, bytes(flatbuffer))
+
+
+def _check_representative(model, mode: str, representative):
+    if mode != "int8":
+        if representative is not None:
+            raise ConfigError(f"TFLite export: representative data is only used with mode='int8'. "
+                              f"Received: mode={mode!r} with representative data; "
+                              f"fix: drop representative or use mode='int8'")
+        return None
+    if representative is None:
+        raise ConfigError("TFLite export mode='int8' needs representative inputs for calibration. "
+                          "Received: representative=None; fix: pass e.g. ds.x_train[:200]")
+    rep = np.asarray(representative, dtype=np.float32)
+    expected = tuple(d for d in model.input_shape[1:])
+    if rep.ndim != len(expected) + 1 or len(rep) == 0 or any(
+            e is not None and e != r for e, r in zip(expected, rep.shape[1:])):
+        raise ConfigError(f"TFLite export mode='int8': representative must be an array of shape "
+                          f"(N, {', '.join(str(e) for e in expected)}) with N >= 1. "
+                          f"Received: shape {rep.shape}")
+    return rep[:MAX_CALIBRATION_SAMPLES]
+
+
+def _representative_dataset(rep: np.ndarray):
+    def gen():
+        for i in range(len(rep)):
+            yield [rep[i:i + 1]]
+    return gen

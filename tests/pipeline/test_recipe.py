@@ -1,0 +1,69 @@
+"""Recipe loading and validation: everything is checked before anything runs."""
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.recipe import build_recipe, load_recipe, shipped_recipes
+from stages import STAGES
+
+
+def recipe(*stages, **top):
+    return {"name": "t", "stages": [dict(s) for s in stages], **top}
+
+
+def test_every_shipped_recipe_loads():
+    assert "default" in shipped_recipes()
+    for name in shipped_recipes():
+        r = load_recipe(name, STAGES)
+        assert len(r) >= 1
+
+
+def test_default_recipe_shape():
+    r = load_recipe("default", STAGES)
+    assert [s.name for s in r] == ["train", "prune", "strip", "export", "benchmark"]
+    assert r[1].stage.final_sparsity == 0.8
+
+
+def test_overrides_replace_parameters():
+    r = load_recipe("default", STAGES, overrides={"train": {"epochs": 1}})
+    assert r[0].stage.epochs == 1
+
+
+def test_toml_file_and_lists_become_tuples(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[[stages]]\nstage = "benchmark"\nlatency = [[1, 1], [2, 8]]\n')
+    r = load_recipe(path, STAGES)
+    assert r.name == "mine" and r[0].stage.latency == ((1, 1), (2, 8))
+
+
+@pytest.mark.parametrize("data, match", [
+    (recipe({"stage": "prnue"}), r"unknown stage 'prnue'.*Did you mean 'prune'"),
+    (recipe({"stage": "prune", "final_sparsty": 0.5}), r"unknown parameter 'final_sparsty'.*Did you mean 'final_sparsity'"),
+    (recipe({"stage": "prune", "final_sparsity": 1.5}), r"final_sparsity must be in \[0, 1\)"),
+    (recipe({"stage": "prune", "final_sparsity": -0.1}), r"final_sparsity"),
+    (recipe({"stage": "train", "epochs": -1}), r"epochs"),
+    (recipe({"stage": "train"}, {"stage": "train"}), r"name 'train' is used twice"),
+    (recipe({"stage": "strip"}), r"'strip' accepts keras:pruning models but would receive a keras model"),
+    (recipe({"stage": "prune"}, {"stage": "export"}), r"'export' accepts keras models but would receive a keras:pruning"),
+    (recipe({"epochs": 3}), r"has no 'stage' key"),
+    ({"name": "t", "stages": []}, r"no stages"),
+    (recipe({"stage": "train"}, extra=1), r"unknown top-level keys \['extra'\]"),
+])
+def test_bad_recipes_are_refused(data, match):
+    with pytest.raises(ConfigError, match=match):
+        build_recipe(data, STAGES)
+
+
+def test_two_steps_of_one_stage_with_names():
+    r = build_recipe(recipe({"stage": "train"}, {"stage": "train", "name": "train_more"}), STAGES)
+    assert [s.name for s in r] == ["train", "train_more"]
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_recipe("nope", STAGES)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.toml", STAGES)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[stages]\nstage=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(bad, STAGES)

@@ -1,0 +1,101 @@
+"""The report is computed from artifact records and measurements, never canned."""
+import json
+
+import pytest
+
+from pipeline.artifacts import make_artifact
+from pipeline.context import RunContext
+from pipeline.report import build_report, render_markdown, write_report
+
+ENV = {"cpu": "test cpu", "cores": 2, "isa": ["avx2"], "gpu": [], "versions": {"tensorflow": "x"}}
+
+
+class _Stage:
+    def __init__(self, name):
+        self.name = name
+
+
+def _lat(p50, threads=1, batch=1, runtime="litert"):
+    return {"runtime": runtime, "device": "cpu", "threads": threads, "batch": batch,
+            "engine": "xnnpack", "p50_ms": p50, "p90_ms": p50 * 1.1, "p99_ms": p50 * 1.2, "runs": 50}
+
+
+@pytest.fixture
+def run(tmp_path, tiny_data):
+    ctx = RunContext(data=tiny_data, out_dir=tmp_path, model_name="tiny")
+
+    def add(name, fmt, stage, parent, meta=None, **measured):
+        path = tmp_path / name
+        path.write_bytes(name.encode())
+        art = make_artifact(name, path, fmt=fmt, kind="keras" if fmt == "keras" else fmt,
+                            stage=stage, config={}, parent=parent, meta=meta)
+        ctx.artifacts.append(art)
+        ctx.measurements[name] = measured
+        return art
+
+    trained = add("trained.h5", "keras", "train", None, bytes=1000, gzip_bytes=900, sparsity=0.0, accuracy=0.90)
+    pruned = add("pruned.h5", "keras", "strip", trained, bytes=1000, gzip_bytes=300, sparsity=0.8, accuracy=0.895)
+    add("trained.tflite", "tflite", "export", trained, {"mode": "float32", "validation": {"passed": True, "max_abs_diff": 1e-6}},
+        bytes=800, gzip_bytes=700, sparsity=0.0, accuracy=0.90, latency=[_lat(2.0)])
+    add("pruned.tflite", "tflite", "export", pruned, {"mode": "float32", "validation": {"passed": True, "max_abs_diff": 2e-6}},
+        bytes=800, gzip_bytes=200, sparsity=0.8, accuracy=0.895, latency=[_lat(1.96)])
+    add("pruned.sparse.tflite", "tflite", "export", pruned,
+        {"mode": "float32", "sparse_storage": True, "validation": {"passed": True, "max_abs_diff": 2e-6}},
+        bytes=200, gzip_bytes=150, sparsity=0.8, accuracy=0.895, latency=[_lat(4.0)])
+    ctx.baseline = "trained.h5"
+    ctx.stage_timings.append({"name": "train", "stage": "train", "seconds": 1.5})
+    return ctx
+
+
+def test_fields_ci_scripts_rely_on(run):
+    report = build_report(run, recipe="default", environment=ENV)
+    for key in ("model", "dataset", "baseline", "environment", "stages", "artifacts", "notes"):
+        assert key in report
+    assert report["baseline"] == "trained.h5"
+    row = next(r for r in report["artifacts"] if r["name"] == "pruned.tflite")
+    for key in ("name", "format", "stage", "parent", "path", "bytes", "gzip_bytes", "sparsity",
+                "accuracy", "latency"):
+        assert key in row
+    assert row["parent"] == "pruned.h5" and row["path"] == "pruned.tflite"
+    assert set(row["latency"][0]) >= {"runtime", "device", "threads", "batch", "p50_ms", "p90_ms", "p99_ms"}
+    json.dumps(report)  # serializable
+
+
+def test_sparsity_and_speed_is_computed_from_measurements(run):
+    rows = {r["artifact"]: r for r in build_report(run, recipe="d", environment=ENV)["sparsity_and_speed"]}
+    assert set(rows) == {"pruned.tflite", "pruned.sparse.tflite"}
+    dense = rows["pruned.tflite"]
+    assert dense["reference"] == "trained.tflite"
+    assert dense["speedup"] == pytest.approx(2.0 / 1.96)
+    assert "no speedup" in dense["sentence"] and "80%" in dense["sentence"]
+    sparse = rows["pruned.sparse.tflite"]
+    assert sparse["speedup"] == pytest.approx(0.5)
+    assert "slower" in sparse["sentence"] and sparse["bytes_ratio"] == pytest.approx(4.0)
+
+
+def test_speedup_sentence_follows_the_numbers(run):
+    run.measurements["pruned.tflite"]["latency"] = [_lat(0.5)]
+    rows = {r["artifact"]: r for r in build_report(run, recipe="d", environment=ENV)["sparsity_and_speed"]}
+    assert rows["pruned.tflite"]["speedup"] == pytest.approx(4.0)
+    assert "faster" in rows["pruned.tflite"]["sentence"]
+
+
+def test_markdown_table_against_baseline(run, tmp_path):
+    report = build_report(run, recipe="default", environment=ENV)
+    md = render_markdown(report)
+    line = next(l for l in md.splitlines() if l.startswith("| `pruned.h5`"))
+    assert "3.00x" in line  # gzip 900 -> 300
+    assert "-0.50" in line  # accuracy delta in points
+    assert "## Sparsity and speed" in md and "no speedup" in md
+    json_path, md_path = write_report(report, tmp_path)
+    assert json.loads(json_path.read_text())["baseline"] == "trained.h5"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_failed_parity_is_visible(run):
+    import dataclasses
+    i = next(i for i, a in enumerate(run.artifacts) if a.name == "pruned.tflite")
+    run.artifacts[i] = dataclasses.replace(run.artifacts[i], meta={
+        "mode": "float32", "validation": {"passed": False, "max_abs_diff": 3e-3}})
+    md = render_markdown(build_report(run, recipe="d", environment=ENV))
+    assert "FAILED (3.0e-03)" in md

@@ -1,0 +1,102 @@
+"""The runner: folder layout, atomic stage folders, error wrapping, current-artifact flow."""
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+from pipeline.errors import ConfigError, StageError
+from pipeline.recipe import Recipe, Step
+from pipeline.runner import run_recipe, save_source
+
+
+@dataclass(frozen=True)
+class Double:
+    """Scales every weight by 2 (on a copy) and hands the result on."""
+    name: ClassVar[str] = "double"
+    accepts: ClassVar[tuple] = ("keras",)
+    produces: ClassVar = "keras"
+    label: str = "doubled"
+
+    def run(self, art, ctx):
+        from pipeline.kerasio import clone_with_weights
+        model = clone_with_weights(ctx.keras_model(art))
+        model.set_weights([w * 2 for w in model.get_weights()])
+        return [ctx.save_model(self, model, self.label, parent=art, kind="keras")]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """Writes a side file and leaves the current artifact unchanged."""
+    name: ClassVar[str] = "leaf"
+    accepts: ClassVar[tuple] = ("keras",)
+    produces: ClassVar = None
+    seen: list = None
+
+    def run(self, art, ctx):
+        self.seen.append(art.name)
+        ctx.stage_path("side.txt").write_text("x")
+        return []
+
+
+@dataclass(frozen=True)
+class Boom:
+    name: ClassVar[str] = "boom"
+    accepts: ClassVar[tuple] = ("keras",)
+    produces: ClassVar = None
+    error: type = RuntimeError
+
+    def run(self, art, ctx):
+        ctx.stage_path("half-written.h5").write_text("partial")
+        raise self.error("it broke")
+
+
+def _source(ctx, tiny_model):
+    ctx.stage_dir = None
+    return save_source(ctx, tiny_model, spec="tiny", width=1.0, trained=False)
+
+
+def test_steps_write_numbered_folders_and_pass_current_on(ctx, tiny_model):
+    seen = []
+    recipe = Recipe("t", (Step("a", Double("a1")), Step("side", Leaf(seen)), Step("b", Double("b1"))))
+    source = _source(ctx, tiny_model)
+    final = run_recipe(recipe, source, ctx, log=lambda s: None)
+    assert (ctx.out_dir / "00-source" / "source.h5").is_file()
+    assert (ctx.out_dir / "01-a" / "a1.h5").is_file()
+    assert (ctx.out_dir / "02-side" / "side.txt").is_file()
+    assert seen == ["a1"]  # the leaf stage got the current artifact
+    assert final.name == "b1" and final.parent == "a1"
+    assert final.path == ctx.out_dir / "03-b" / "b1.h5"
+    assert [a.name for a in ctx.artifacts] == ["source", "a1", "b1"]
+    assert not list(ctx.out_dir.glob(".*.tmp"))
+    assert [t["name"] for t in ctx.stage_timings] == ["a", "side", "b"]
+    # the input model was not mutated by the stage that doubled its copy
+    src_w = ctx.keras_model(source).get_weights()[0]
+    out_w = ctx.keras_model(final).get_weights()[0]
+    assert abs(out_w - 4 * src_w).max() < 1e-6
+
+
+def test_failure_wraps_with_context_and_leaves_no_folder(ctx, tiny_model):
+    source = _source(ctx, tiny_model)
+    with pytest.raises(StageError, match=r"stage 'explode' failed on artifact [0-9a-f]{8} \('source'\): RuntimeError: it broke"):
+        run_recipe(Recipe("t", (Step("explode", Boom()),)), source, ctx, log=lambda s: None)
+    assert not (ctx.out_dir / "01-explode").exists()
+    assert not list(ctx.out_dir.glob(".01-*"))
+
+
+def test_config_errors_pass_through_unwrapped(ctx, tiny_model):
+    source = _source(ctx, tiny_model)
+    with pytest.raises(ConfigError, match="it broke"):
+        run_recipe(Recipe("t", (Step("explode", Boom(ConfigError)),)), source, ctx, log=lambda s: None)
+
+
+def test_progress_lines_name_each_step(ctx, tiny_model):
+    lines = []
+    run_recipe(Recipe("t", (Step("a", Double()),)), _source(ctx, tiny_model), ctx, log=lines.append)
+    assert lines[0] == "[slimpipe] (1 of 1) a on 'source'"
+    assert lines[1].startswith("[slimpipe] (1 of 1) a done in ") and lines[1].endswith(": doubled")
+
+
+def test_recipe_slicing_keeps_order(ctx):
+    recipe = Recipe("t", (Step("a", Double()), Step("b", Double()), Step("c", Double())))
+    assert [s.name for s in recipe[:2]] == ["a", "b"]
+    assert recipe[2].name == "c"
