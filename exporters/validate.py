@@ -1,0 +1,68 @@
+"""Check that an exported file reproduces the Keras model's logits.
+
+>>> ref = keras_model(x, training=False).numpy()
+>>> results = {"pruned.onnx": check_parity(ref, "out/pruned.onnx", "onnx", x)}
+>>> raise_on_mismatch(results)   # raises ExportValidationError naming every failure
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from benchmarks.accuracy import predict_all, top1_agreement
+from benchmarks.runtimes import open_runtime
+from pipeline.errors import ConfigError, ExportValidationError
+
+FORMATS = ("tflite", "onnx")
+
+
+def check_parity(reference: np.ndarray, path, fmt: str, x: np.ndarray, *,
+                 atol: float = 1e-4) -> dict:
+    """Run the exported file on `x` (1 thread) and compare with the Keras `reference` logits.
+
+    A sample mismatches when any of its logits differs by more than `atol`; NaN counts as a
+    mismatch. `passed` is True when no sample mismatches.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"check_parity: fmt must be one of {', '.join(FORMATS)}. Received: fmt={fmt!r}")
+    if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0:
+        raise ConfigError(f"check_parity: atol must be a number >= 0. Received: atol={atol!r}")
+    reference = np.asarray(reference, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    if reference.ndim != 2 or len(reference) != len(x) or len(x) == 0:
+        raise ConfigError(f"check_parity: reference must be (N, classes) logits for the N >= 1 "
+                          f"samples of x. Received: reference {reference.shape}, x {x.shape}")
+    runtime = open_runtime(path, fmt, threads=1)
+    out = predict_all(runtime, x)
+    name = Path(path).name
+    if out.shape != reference.shape:
+        raise ExportValidationError(f"{name}: output shape {out.shape} differs from the Keras "
+                                    f"reference {reference.shape}; the export changed the model's head")
+    diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
+    diff[~np.isfinite(diff)] = np.inf
+    per_sample = diff.max(axis=1)
+    mismatched = int(np.count_nonzero(per_sample > atol))
+    return {
+        "max_abs_diff": float(per_sample.max()),
+        "atol": float(atol),
+        "top1_agreement": top1_agreement(out, reference),
+        "samples": int(len(x)),
+        "mismatched_samples": mismatched,
+        "passed": mismatched == 0,
+        "delegate": runtime.delegate,
+    }
+
+
+def raise_on_mismatch(results: dict[str, dict]) -> None:
+    """Raise ONE ExportValidationError naming every result that did not pass."""
+    failed = [
+        f"{name}: max |diff| {r['max_abs_diff']:.1e} > atol {r['atol']:.0e} on "
+        f"{r['mismatched_samples']} of {r['samples']} samples (top-1 agreement {r['top1_agreement']:.3f})"
+        for name, r in results.items() if not r.get("passed", False)
+    ]
+    if failed:
+        raise ExportValidationError(
+            f"{len(failed)} exported model(s) do not match the Keras reference: {'; '.join(failed)}. "
+            f"Fix: check the export options, or raise atol for quantized formats")

@@ -1,0 +1,70 @@
+"""measure_latency and file_size."""
+import gzip
+import time
+
+import pytest
+
+from benchmarks.measure import file_size, measure_latency
+from pipeline.errors import ConfigError
+
+
+def test_latency_runs_until_both_minimums_and_times_every_call():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.0005 if len(calls) % 10 else 0.003)  # a slow call every tenth
+
+    start = time.perf_counter()
+    res = measure_latency(fn, warmup=3, min_runs=20, min_seconds=0.05)
+    elapsed = time.perf_counter() - start
+    assert res["runs"] >= 20 and res["warmup"] == 3
+    assert len(calls) == res["warmup"] + res["runs"]
+    assert elapsed >= 0.05 and res["elapsed_s"] >= 0.05
+    assert res["min_ms"] <= res["p50_ms"] <= res["p90_ms"] <= res["p99_ms"] <= res["max_ms"]
+    assert res["min_ms"] >= 0.5 and res["p99_ms"] >= 2.5  # the slow calls were not dropped
+    assert res["cv"] > 0.1
+    assert res["mean_ms"] * res["runs"] / 1000 <= res["elapsed_s"]
+
+
+def test_latency_min_runs_dominates_when_calls_are_fast():
+    calls = []
+    res = measure_latency(lambda: calls.append(1), warmup=0, min_runs=37, min_seconds=0.0)
+    assert res["runs"] == 37 and len(calls) == 37 and res["warmup"] == 0
+
+
+def test_latency_stops_at_max_runs():
+    res = measure_latency(lambda: None, warmup=1, min_runs=5, min_seconds=60.0, max_runs=200)
+    assert res["runs"] == 200 and res["hit_max_runs"] is True
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"warmup": -1}, {"min_runs": 0}, {"min_seconds": -0.1}, {"min_seconds": float("nan")},
+    {"max_runs": 10, "min_runs": 20}, {"min_runs": 2.5}, {"warmup": True},
+])
+def test_latency_rejects_bad_arguments(kwargs):
+    calls = []
+    with pytest.raises(ConfigError):
+        measure_latency(lambda: calls.append(1), **kwargs)
+    assert calls == []
+    with pytest.raises(ConfigError, match="callable"):
+        measure_latency(None)
+
+
+def test_file_size_of_zeros_and_of_a_directory(tmp_path):
+    zeros = tmp_path / "zeros.bin"
+    zeros.write_bytes(bytes(100_000))
+    size = file_size(zeros)
+    assert size["bytes"] == 100_000 and size["gzip_bytes"] < 1_000
+    assert size["gzip_bytes"] == len(gzip.compress(bytes(100_000), compresslevel=9, mtime=0))
+
+    folder = tmp_path / "saved"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "b.bin").write_bytes(b"b" * 10)
+    (folder / "variables" / "a.bin").write_bytes(b"a" * 20)
+    res = file_size(folder)
+    assert res["bytes"] == 30
+    # concatenation in sorted relative-path order: b.bin, then variables/a.bin
+    assert res["gzip_bytes"] == len(gzip.compress(b"b" * 10 + b"a" * 20, compresslevel=9, mtime=0))
+    with pytest.raises(ConfigError, match="does not exist"):
+        file_size(tmp_path / "missing")

@@ -1,0 +1,106 @@
+"""Runtimes: LiteRT and onnxruntime reproduce Keras at any batch size; providers; GPU requests."""
+import os
+
+import pipeline  # noqa: F401
+
+import numpy as np
+import pytest
+
+from benchmarks.runtimes import gpu_devices, open_runtime, select_ort_providers
+from pipeline.errors import ConfigError
+
+
+@pytest.fixture
+def files(tiny_model, tmp_path):
+    from exporters.onnx import export_onnx
+    from exporters.tflite import export_tflite
+    from pipeline.kerasio import save_keras
+
+    return {"keras": save_keras(tiny_model, tmp_path / "m.h5"),
+            "tflite": export_tflite(tiny_model, tmp_path / "m.tflite"),
+            "onnx": export_onnx(tiny_model, tmp_path / "m.onnx")}
+
+
+def test_every_runtime_matches_keras_at_batch_1_and_7(files, tiny_data):
+    keras_rt = open_runtime(files["keras"], "keras", threads=4)
+    assert (keras_rt.runtime, keras_rt.threads, keras_rt.delegate) == ("keras", 0, "tensorflow")
+    runtimes = [open_runtime(files["tflite"], "tflite"),
+                open_runtime(files["tflite"], "tflite", resolver="builtin"),
+                open_runtime(files["onnx"], "onnx")]
+    assert [(r.runtime, r.delegate) for r in runtimes] == [
+        ("litert", "xnnpack"), ("litert", "builtin"), ("onnxruntime", "CPUExecutionProvider")]
+    for batch in (1, 7, 1, 3):  # shrink and grow again: the tflite input is resized each time
+        x = tiny_data.x_test[:batch]
+        ref = keras_rt.predict(x)
+        assert ref.shape == (batch, 4) and ref.dtype == np.float32
+        for rt in runtimes:
+            out = rt.predict(x)
+            assert out.shape == (batch, 4) and out.dtype == np.float32, rt
+            np.testing.assert_allclose(out, ref, atol=1e-4, err_msg=repr(rt))
+    for rt in [keras_rt, *runtimes]:
+        assert rt.device == "cpu" and rt.load_ms > 0 and rt.fallback is None
+        assert rt.provider == rt.delegate
+        assert set(rt.describe()) >= {"runtime", "device", "threads", "delegate", "load_ms"}
+        assert rt.threads == (0 if rt.runtime == "keras" else 1)
+
+
+def test_threads_zero_means_all_cores(files):
+    assert open_runtime(files["onnx"], "onnx", threads=0).threads == os.cpu_count()
+    assert open_runtime(files["tflite"], "tflite", threads=0).threads == os.cpu_count()
+    assert open_runtime(files["tflite"], "tflite", threads=2).threads == 2
+
+
+def test_wrong_input_shape_is_a_config_error(files):
+    for fmt in ("tflite", "onnx", "keras"):
+        rt = open_runtime(files[fmt], fmt)
+        with pytest.raises(ConfigError, match=r"\(N, 12, 12, 1\)"):
+            rt.predict(np.zeros((2, 28, 28, 1), np.float32))
+
+
+def test_bad_arguments(files, tmp_path):
+    with pytest.raises(ConfigError, match="fmt"):
+        open_runtime(files["onnx"], "pt")
+    with pytest.raises(ConfigError, match="threads"):
+        open_runtime(files["onnx"], "onnx", threads=-1)
+    with pytest.raises(ConfigError, match="resolver"):
+        open_runtime(files["tflite"], "tflite", resolver="xnnpack")
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_runtime(tmp_path / "missing.onnx", "onnx")
+
+
+def test_gpu_request_without_gpu_is_a_config_error(files):
+    if gpu_devices():
+        pytest.skip("this machine has a GPU path")
+    for fmt in ("onnx", "tflite", "keras"):
+        with pytest.raises(ConfigError, match="gpu"):
+            open_runtime(files[fmt], fmt, device="gpu")
+
+
+def test_gpu_devices_is_a_list_of_strings():
+    found = gpu_devices()
+    assert isinstance(found, list) and all(isinstance(d, str) for d in found)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert not any(d.startswith("onnxruntime:") for d in found)
+
+
+@pytest.mark.parametrize("available, device, expected", [
+    (["CPUExecutionProvider"], "cpu", ["CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu", ["CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], "gpu",
+     ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"], "gpu",
+     ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["TensorrtExecutionProvider", "CPUExecutionProvider"], "gpu",
+     ["TensorrtExecutionProvider", "CPUExecutionProvider"]),
+])
+def test_select_ort_providers(available, device, expected):
+    assert select_ort_providers(available, device) == expected
+
+
+def test_select_ort_providers_errors():
+    with pytest.raises(ConfigError, match="AzureExecutionProvider, CPUExecutionProvider"):
+        select_ort_providers(["AzureExecutionProvider", "CPUExecutionProvider"], "gpu")
+    with pytest.raises(ConfigError, match="device"):
+        select_ort_providers(["CPUExecutionProvider"], "tpu")
