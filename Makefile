@@ -19,7 +19,10 @@ ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 	$(if $(OUT),--out $(OUT)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LIMIT),--limit $(LIMIT)) \
 	$(if $(WIDTH),--width $(WIDTH)) $(if $(SEED),--seed $(SEED)) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: setup data compress test bench clean
+REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
+GATE_ARGS ?=
+
+.PHONY: setup data compress test test-deps bench gate clean
 
 setup: $(VENV)/.installed data
 
@@ -41,8 +44,17 @@ data:
 compress: setup
 	$(BIN)/slimpipe compress $(ARGS)
 
-test: setup
+# The HTML report's browser test needs Debian's chromium and chromedriver.
+test-deps:
+	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+
+test: setup test-deps
 	$(BIN)/python -m pytest -q
+
+gate: setup
+	$(BIN)/slimpipe gate --report $(REPORT) --recipe $(RECIPE) $(GATE_ARGS) \
+	  --junit $(dir $(REPORT))gate.xml --summary $(dir $(REPORT))gate.md
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipeline.errors import ConfigError, SlimpipeError, StageError
+from pipeline.gate import add_gate_parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-unsafe-model", action="store_true",
                    help="load models with Lambda layers (runs code from the file)")
     sub.add_parser("list", help="list models, data sets, stages and recipes")
+    add_gate_parser(sub)
     return p
 
 
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
+        if args.command == "gate":
+            from pipeline.gate import run_gate
+            return run_gate(args)
         return _compress(args)
     except StageError as exc:
         if args.debug:
@@ -88,6 +93,7 @@ def _compress(args) -> int:
     from benchmarks.environment import environment
     from pipeline.context import RunContext
     from pipeline.data import load_dataset
+    from pipeline.html_report import write_html
     from pipeline.models import check_fit, resolve_model
     from pipeline.recipe import load_recipe
     from pipeline.report import build_report, write_report
@@ -118,7 +124,8 @@ def _compress(args) -> int:
     run_recipe(recipe, source, ctx)
     report = build_report(ctx, recipe=recipe.name, environment=environment())
     json_path, md_path = write_report(report, out)
-    print(f"[slimpipe] report: {md_path} and {json_path}")
+    html_path = write_html(report, out)
+    print(f"[slimpipe] report: {md_path}, {html_path} and {json_path}")
     return 0
 
 
