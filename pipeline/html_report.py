@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.plots import pareto_table, smallest_sentence
-from pipeline.report import _fmt_bytes, _ratio, _x, reference_for, sparsity_and_speed, speedup
+from pipeline.report import _fmt_bytes, sparsity_and_speed, table_rows
 
 ALT = {
     "size_vs_accuracy.png": "Gzip size (KB, log scale) against accuracy for every artifact, "
@@ -67,40 +67,15 @@ def _table(table_id: str, caption: str, head: list[str], rows: list[list[str]],
     return "".join(out)
 
 
-def _p1(row):
-    """The 1-thread, batch-1 CPU latency row report.md's table shows."""
-    return next((l for l in row.get("latency") or [] if l.get("threads") == 1
-                 and l.get("batch") == 1 and l.get("device") == "cpu"), None)
-
-
 def _artifact_rows(report) -> list[list[str]]:
-    rows, base_name = report["artifacts"], report.get("baseline")
-    base = next((r for r in rows if r["name"] == base_name), None)
-    base_acc = base.get("accuracy") if base else None
     out = []
-    for r in rows:
-        ref = reference_for(r, rows, base_name)
-        lat = _p1(r)
-        fast = speedup(r, ref, lat) if lat and ref else None
-        acc = r.get("accuracy")
-        delta = (acc - base_acc) * 100 if acc is not None and base_acc is not None else None
-        val = r.get("validation")
-        if not val:
-            parity = "–"
-        else:
-            diff = val.get("max_abs_diff")
-            diff = "" if diff is None else f" ({diff:.1e})"
-            parity = (f'<span class="ok">ok{_e(diff)}</span>' if val.get("passed") is True
-                      else f'<span class="fail">FAILED{_e(diff)}</span>')
-        sparsity = r.get("sparsity")
-        out.append([
-            f"<code>{_e(r['name'])}</code>", _e(r.get("format")), _e(r.get("stage")),
-            _e(r.get("parent")), _e(_fmt_bytes(r.get("bytes"))),
-            _e(_x(_ratio(ref and ref.get("bytes"), r.get("bytes")))),
-            _e(_fmt_bytes(r.get("gzip_bytes"))),
-            _e(_x(_ratio(ref and ref.get("gzip_bytes"), r.get("gzip_bytes")))),
-            _e(_num(sparsity, ".1%")), _e(_num(acc, ".2%")), _e(_num(delta, "+.2f")),
-            _e(_num(lat.get("p50_ms") if lat else None, ".3f")), _e(_x(fast)), parity])
+    for row in table_rows(report):
+        cells = [_e(c) for c in row["cells"]]
+        cells[0] = f"<code>{cells[0]}</code>"
+        if row["parity"] is not None:
+            cls = "ok" if row["parity"] else "fail"
+            cells[-1] = f'<span class="{cls}">{cells[-1]}</span>'
+        out.append(cells)
     return out
 
 

@@ -138,41 +138,69 @@ def _x(v) -> str:
     return "–" if v is None else f"{v:.2f}x"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+TABLE_HEAD = ["artifact", "format", "stage", "parent", "bytes", "x smaller", "gzip bytes",
+              "x smaller (gzip)", "sparsity", "accuracy", "Δ acc (pts)", "p50 ms", "x faster",
+              "parity"]
+
+
+def _num(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def point_1x1(row) -> dict | None:
+    """The 1-thread, batch-1 CPU latency the main table shows."""
+    return next((l for l in row.get("latency") or [] if l.get("threads") == 1
+                 and l.get("batch") == 1 and l.get("device") == "cpu"), None)
+
+
+def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The main table as text cells (`cells`, in TABLE_HEAD order) plus the parity verdict
+    (`parity`: True, False or None), shared by the Markdown and HTML renderings."""
     rows, base_name = report["artifacts"], report["baseline"]
     base = next((r for r in rows if r["name"] == base_name), None)
-    lines = [f"# slimpipe report: {report['model']} on {report['dataset']}", "",
-             f"Recipe `{report['recipe']}`, baseline `{base_name}`. Ratios (x smaller, x faster) "
-             "are against the dense baseline in the same format; accuracy is measured on the "
-             "test set by each artifact's own runtime; latency is p50 at 1 thread, batch 1.", "",
-             "| artifact | format | stage | parent | bytes | x smaller | gzip bytes | x smaller (gzip) "
-             "| sparsity | accuracy | Δ acc (pts) | p50 ms | x faster | parity |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    base_acc = base.get("accuracy") if base else None
+    out = []
     for r in rows:
         ref = reference_for(r, rows, base_name)
-        lat = next((l for l in r["latency"] if l["threads"] == 1 and l["batch"] == 1
-                    and l["device"] == "cpu"), None)
+        lat = point_1x1(r)
         fast = speedup(r, ref, lat) if lat and ref else None
-        acc = r["accuracy"]
-        delta = (acc - base["accuracy"]) * 100 if base and acc is not None and base["accuracy"] is not None else None
-        val = r["validation"]
-        parity = "–" if not val else (f"ok ({val['max_abs_diff']:.1e})" if val["passed"]
-                                     else f"FAILED ({val['max_abs_diff']:.1e})")
-        lines.append("| " + " | ".join([
-            f"`{r['name']}`", r["format"], r["stage"], r["parent"] or "–",
-            _fmt_bytes(r["bytes"]), _x(_ratio(ref and ref["bytes"], r["bytes"])),
-            _fmt_bytes(r["gzip_bytes"]), _x(_ratio(ref and ref["gzip_bytes"], r["gzip_bytes"])),
-            "–" if r["sparsity"] is None else f"{r['sparsity']:.1%}",
-            "–" if acc is None else f"{acc:.2%}", "–" if delta is None else f"{delta:+.2f}",
-            "–" if not lat else f"{lat['p50_ms']:.3f}", _x(fast), parity]) + " |")
+        acc = r.get("accuracy")
+        delta = (acc - base_acc) * 100 if acc is not None and base_acc is not None else None
+        val = r.get("validation")
+        diff = val.get("max_abs_diff") if val else None
+        parity = "–" if not val else (("ok" if val.get("passed") else "FAILED")
+                                      + ("" if diff is None else f" ({diff:.1e})"))
+        out.append({"parity": None if not val else bool(val.get("passed")), "cells": [
+            r["name"], r["format"], r["stage"], r["parent"] or "–",
+            _fmt_bytes(r.get("bytes")), _x(_ratio(ref and ref.get("bytes"), r.get("bytes"))),
+            _fmt_bytes(r.get("gzip_bytes")),
+            _x(_ratio(ref and ref.get("gzip_bytes"), r.get("gzip_bytes"))),
+            _num(r.get("sparsity"), ".1%"), _num(acc, ".2%"), _num(delta, "+.2f"),
+            _num(lat and lat.get("p50_ms"), ".3f"), _x(fast), parity]})
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = report["artifacts"]
+    lines = [f"# slimpipe report: {report['model']} on {report['dataset']}", "",
+             f"Recipe `{report['recipe']}`, baseline `{report['baseline']}`. Ratios (x smaller, "
+             "x faster) are against the dense baseline in the same format; accuracy is measured "
+             "on the test set by each artifact's own runtime; latency is p50 at 1 thread, batch 1.",
+             "", "| " + " | ".join(TABLE_HEAD) + " |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in table_rows(report):
+        cells = list(row["cells"])
+        cells[0] = f"`{cells[0]}`"
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Latency", "",
               "| artifact | runtime | engine | device | threads | batch | p50 ms | p90 ms | p99 ms | runs |",
               "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         for l in r["latency"]:
             lines.append(f"| `{r['name']}` | {l['runtime']} | {l.get('engine') or '–'} | "
-                         f"{l['device']} | {l['threads']} | {l['batch']} | {l['p50_ms']:.3f} | "
-                         f"{l['p90_ms']:.3f} | {l['p99_ms']:.3f} | {l['runs']} |")
+                         f"{l['device']} | {l['threads']} | {l['batch']} | "
+                         f"{_num(l.get('p50_ms'), '.3f')} | {_num(l.get('p90_ms'), '.3f')} | "
+                         f"{_num(l.get('p99_ms'), '.3f')} | {l.get('runs')} |")
     lines += ["", "## Sparsity and speed", ""]
     lines += [f"- {s['sentence']}" for s in report["sparsity_and_speed"]] or [
         "- No sparse exported artifact was measured in this run."]

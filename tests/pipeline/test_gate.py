@@ -263,10 +263,13 @@ def test_unknown_gate_key_in_recipe(report_path, tmp_path):
         run_gate(parse("--report", str(report_path), "--recipe", str(recipe)))
 
 
-def test_shipped_recipe_name_without_gate_table(report_path):
-    with pytest.raises(ConfigError, match="no gate thresholds"):
-        run_gate(parse("--report", str(report_path), "--recipe", "default"))
+def test_shipped_recipe_gate_table_is_used(report_path):
+    from pipeline.gate import recipe_gate
+    gate = recipe_gate("default")
+    assert gate["require_parity"] is True and gate["max_accuracy_drop"] == 1.0
+    # the command line wins over the recipe
     assert run_gate(parse("--report", str(report_path), "--recipe", "default",
+                          "--max-accuracy-drop", "100", "--no-require-parity",
                           "--max-bytes", "10000000")) == 0
 
 
