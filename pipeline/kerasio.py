@@ -6,6 +6,8 @@ Models that still carry tfmot wrappers need tfmot's custom-object scopes to load
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from pathlib import Path
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -13,7 +15,10 @@ import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 def save_keras(model, path: Path) -> Path:
     path = Path(path)
-    model.save(path, include_optimizer=False, save_format="h5")
+    with warnings.catch_warnings():
+        # HDF5 is "legacy" to Keras, but it is the format tfmot's tutorials measure sizes in.
+        warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`")
+        model.save(path, include_optimizer=False, save_format="h5")
     return path
 
 
@@ -30,6 +35,10 @@ def tfmot_scope():
 
 def load_keras(path: Path):
     import tf_keras as keras
+
+    # "Compiled the loaded model, but the compiled metrics have yet to be built" is noise here:
+    # artifacts are loaded for inference and compiled by the stage that trains them.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
     with tfmot_scope():
         return keras.models.load_model(Path(path), compile=False)

@@ -29,6 +29,13 @@ def output_is_probabilities(model) -> bool:
     return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
 
 
+def check_learning_rate(stage: str, value) -> None:
+    from pipeline.stage import require
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    require(ok, stage, f"learning_rate must be a number > 0 (e.g. 1e-3). Received: learning_rate={value!r}")
+
+
 def steps_per_epoch(ctx, batch_size: int) -> int:
     return math.ceil(len(ctx.data.x_train) / batch_size)
 

@@ -10,7 +10,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights, tfmot_scope
 from pipeline.stage import check_count, check_fraction, require
-from stages._fit import fit, steps_per_epoch
+from stages._fit import check_learning_rate, fit, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
 WARN_GAP = 0.05  # achieved sparsity this far below the target gets a note in the report
@@ -43,7 +43,7 @@ class Prune:
     frequency: int | None = None
     epochs: int = 2
     batch_size: int = 64
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     block_size: tuple[int, int] = (1, 1)
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
@@ -54,7 +54,7 @@ class Prune:
         for f in ("block_size", "sparsity_m_by_n", "layers"):
             if isinstance(getattr(self, f), list):
                 object.__setattr__(self, f, tuple(getattr(self, f)))
-        require(self.schedule in SCHEDULES, n, f"schedule must be one of {', '.join(map(repr, SCHEDULES))}. "
+        require(self.schedule in SCHEDULES, n, f"schedule must be 'polynomial' or 'constant'. "
                 f"Received: schedule={self.schedule!r}")
         check_fraction(n, "initial_sparsity", self.initial_sparsity)
         check_fraction(n, "final_sparsity", self.final_sparsity)
@@ -63,23 +63,21 @@ class Prune:
                 f"{self.initial_sparsity!r}, final_sparsity={self.final_sparsity!r}")
         check_count(n, "begin_step", self.begin_step, minimum=0)
         if self.end_step is not None:
-            check_count(n, "end_step", self.end_step, minimum=self.begin_step + 1)
+            require(_is_int(self.end_step) and self.end_step > self.begin_step, n,
+                    f"end_step must be an integer > begin_step={self.begin_step}, or unset for 75% of "
+                    f"the fine-tune steps. Received: end_step={self.end_step!r}")
         if self.frequency is not None:
             check_count(n, "frequency", self.frequency, minimum=1)
         check_count(n, "epochs", self.epochs, minimum=1)
         check_count(n, "batch_size", self.batch_size, minimum=1)
-        require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
-                and self.learning_rate > 0, n,
-                f"learning_rate must be a number > 0 (e.g. 5e-4). Received: learning_rate={self.learning_rate!r}")
+        check_learning_rate(n, self.learning_rate)
         require(_int_pair(self.block_size) and min(self.block_size) >= 1, n,
                 f"block_size must be two integers >= 1, e.g. (1, 4). Received: block_size={self.block_size!r}")
-        require(self.sparsity_m_by_n is None or (_int_pair(self.sparsity_m_by_n)
-                                                 and 0 < self.sparsity_m_by_n[0] < self.sparsity_m_by_n[1]), n,
-                "sparsity_m_by_n must be (m, n), m zeros in every n weights with 0 < m < n, e.g. (2, 4). "
-                f"Received: sparsity_m_by_n={self.sparsity_m_by_n!r}")
-        require(self.sparsity_m_by_n is None or tuple(self.block_size) == (1, 1), n,
-                "use either block_size or sparsity_m_by_n, not both. "
-                f"Received: block_size={self.block_size!r}, sparsity_m_by_n={self.sparsity_m_by_n!r}")
+        mn = self.sparsity_m_by_n
+        require(mn is None or _int_pair(mn) and 0 < mn[0] < mn[1], n, "sparsity_m_by_n must be (m, n), "
+                f"m zeros in every n weights with 0 < m < n, e.g. (2, 4). Received: sparsity_m_by_n={mn!r}")
+        require(mn is None or self.block_size == (1, 1), n, "use either block_size or sparsity_m_by_n, not "
+                f"both. Received: block_size={self.block_size!r}, sparsity_m_by_n={mn!r}")
         require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
                 f"layers must be a list of layer names. Received: layers={self.layers!r}")
 
@@ -99,7 +97,7 @@ class Prune:
                                              self.begin_step, end_step, frequency=frequency)
         else:
             schedule = sched.ConstantSparsity(self.final_sparsity, self.begin_step, end_step, frequency)
-        params = {"pruning_schedule": schedule, "block_size": tuple(self.block_size),
+        params = {"pruning_schedule": schedule, "block_size": self.block_size,
                   "sparsity_m_by_n": self.sparsity_m_by_n}
 
         def wrap(layer):
@@ -111,20 +109,13 @@ class Prune:
         fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
             learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()])
 
-        zeros = total = 0
-        per_layer = {}
-        for wrapper in collect_prunable_layers(model):
-            for weight, _mask, _threshold in wrapper.pruning_vars:
-                w = weight.numpy()
-                zeros, total = zeros + int(np.sum(w == 0)), total + w.size
-                per_layer[wrapper.layer.name] = round(float(np.mean(w == 0)), 4)
-        achieved = zeros / max(total, 1)
+        achieved, per_layer = _pruned_sparsity(collect_prunable_layers(model))
         target = (self.sparsity_m_by_n[0] / self.sparsity_m_by_n[1] if self.sparsity_m_by_n
                   else self.final_sparsity)
         if achieved < target - WARN_GAP:
             ctx.note(f"prune: achieved sparsity {achieved:.3f} is below the target {target:.3f} "
                      f"({steps} fine-tune steps, masks updated every {frequency} steps up to step "
-                     f"{end_step}); raise epochs or lower frequency/end_step"
+                     f"{end_step}); raise epochs or lower frequency"
                      + (", and note that m:n pruning needs >= n input channels per layer"
                         if self.sparsity_m_by_n else ""))
         meta = {"target_sparsity": target, "achieved_sparsity": round(achieved, 4),
@@ -135,19 +126,15 @@ class Prune:
         prunable = [layer.name for layer in model.layers if _prunable(layer, self.block_size)]
         unknown = [name for name in self.layers if name not in prunable]
         if unknown or not prunable:
-            what = (f"layers={list(self.layers)!r} names {unknown!r}" if unknown
-                    else "the model has none")
-            if tuple(self.block_size) != (1, 1):
-                what += f" (block_size={tuple(self.block_size)} needs 2-D kernels larger than the block)"
-            raise ConfigError(f"stage 'prune': expected names of prunable layers "
-                              f"({', '.join(prunable) or 'none'}); {what}: "
+            block = "" if self.block_size == (1, 1) else f" with block_size={self.block_size}"
+            raise ConfigError(f"stage 'prune': expected names of prunable layers{block} "
+                              f"({', '.join(prunable) or 'none'}); received layers={list(self.layers)!r}: "
                               "list only those layers, or leave layers empty to prune them all")
-        if not self.layers and tuple(self.block_size) != (1, 1):
-            left = [layer.name for layer in model.layers
-                    if _prunable(layer, (1, 1)) and layer.name not in prunable]
-            if left:
-                ctx.note(f"prune: block_size={tuple(self.block_size)} left {', '.join(left)} dense: "
-                         "tfmot's block sparsity needs 2-D kernels larger than the block")
+        left = [layer.name for layer in model.layers if layer.name not in prunable
+                and _prunable(layer, (1, 1)) and not self.layers]
+        if left:
+            ctx.note(f"prune: block_size={self.block_size} left {', '.join(left)} dense: "
+                     "tfmot's block sparsity needs 2-D kernels larger than the block")
         return set(self.layers or prunable)
 
     def _window(self, steps: int) -> tuple[int, int]:
@@ -168,27 +155,35 @@ class Prune:
         return last, frequency
 
 
+def _pruned_sparsity(wrappers) -> tuple[float, dict[str, float]]:
+    """Zeros in the pruned weights themselves (tfmot re-masks them at each epoch's end)."""
+    counts = {wrapper.layer.name: [(int(np.sum(w.numpy() == 0)), int(np.size(w)))
+                                   for w, _mask, _threshold in wrapper.pruning_vars] for wrapper in wrappers}
+    per_layer = {name: round(sum(z for z, _ in c) / max(sum(n for _, n in c), 1), 4)
+                 for name, c in counts.items()}
+    zeros = sum(z for c in counts.values() for z, _ in c)
+    return zeros / max(sum(n for c in counts.values() for _, n in c), 1), per_layer
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _int_pair(value) -> bool:
-    return (isinstance(value, tuple) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    return isinstance(value, tuple) and len(value) == 2 and all(map(_is_int, value))
 
 
 def _prunable(layer, block_size) -> bool:
     """Layers tfmot can prune and that hold weights to prune (pooling, flatten... do not)."""
-    from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry, prunable_layer
+    from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
 
-    if isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights"):
-        return True
-    registry = prune_registry.PruneRegistry
-    if not registry.supports(layer):
+    reg = prune_registry.PruneRegistry
+    if not (isinstance(layer, prunable_layer.PrunableLayer) or hasattr(layer, "get_prunable_weights")
+            or reg.supports(layer) and (reg._is_rnn_layer(layer) or reg._is_mha_layer(layer)
+                                        or reg._weight_names(layer))):
         return False
-    if registry._is_rnn_layer(layer) or registry._is_mha_layer(layer):
-        return tuple(block_size) == (1, 1)
-    if not registry._weight_names(layer):
-        return False
-    if tuple(block_size) == (1, 1):
-        return True
     # tfmot's block sparsity handles only 2-D kernels, and squeezes away a dimension that
     # pools to size 1 and then fails: each kernel dimension must exceed the block's.
     shape = getattr(getattr(layer, "kernel", None), "shape", None)
-    return shape is not None and shape.rank == 2 and all(d > b for d, b in zip(shape, block_size))
+    return block_size == (1, 1) or (shape is not None and shape.rank == 2
+                                    and all(d > b for d, b in zip(shape, block_size)))

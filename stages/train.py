@@ -7,7 +7,7 @@ from typing import ClassVar
 from pipeline.artifacts import Artifact
 from pipeline.kerasio import clone_with_weights
 from pipeline.stage import check_count, require
-from stages._fit import fit
+from stages._fit import check_learning_rate, fit
 
 IF_TRAINED = ("skip", "continue")
 
@@ -36,9 +36,7 @@ class Train:
     def __post_init__(self):
         check_count(self.name, "epochs", self.epochs, minimum=0)
         check_count(self.name, "batch_size", self.batch_size, minimum=1)
-        require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
-                and self.learning_rate > 0, self.name,
-                f"learning_rate must be a number > 0 (e.g. 1e-3). Received: learning_rate={self.learning_rate!r}")
+        check_learning_rate(self.name, self.learning_rate)
         require(self.if_trained in IF_TRAINED, self.name,
                 f"if_trained must be one of {', '.join(map(repr, IF_TRAINED))}. "
                 f"Received: if_trained={self.if_trained!r}")

@@ -140,4 +140,6 @@ def test_console_script_lists_and_exits_2(tmp_path):
     bad = subprocess.run([exe, "compress", "--model", "nope", "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("slimpipe: error: ") and "nope" in last
+    assert "Traceback" not in bad.stderr
