@@ -98,6 +98,15 @@ class Artifact:
             "meta": json.loads(canonical_json(self.meta)),
         }
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], base_dir: Path) -> "Artifact":
+        """Rebuild an artifact from its `record()`, its path taken relative to `base_dir`."""
+        return cls(name=record["name"], path=Path(base_dir) / record["path"],
+                   format=record["format"], kind=record["kind"], stage=record["stage"],
+                   config=record["config"], parent=record["parent"],
+                   parent_id=record["parent_id"], id=record["id"], sha256=record["sha256"],
+                   meta=record["meta"])
+
 
 def make_artifact(
     name: str,

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", default=None, help="where data set files are (else the usual places)")
     c.add_argument("--allow-unsafe-model", action="store_true",
                    help="load models with Lambda layers (runs code from the file)")
+    c.add_argument("--no-cache", action="store_true",
+                   help="run every stage again instead of reusing finished ones in --out")
     sub.add_parser("list", help="list models, data sets, stages and recipes")
     add_gate_parser(sub)
     return p
@@ -116,12 +118,19 @@ def _compress(args) -> int:
     check_fit(model, data)
 
     out = Path(args.out) if args.out else default_out(args.model, args.dataset)
-    _clear_previous_run(out)
+    keep = {f"{i:02d}-{step.name}" for i, step in enumerate(recipe, 1)} | {"00-source"}
+    _clear_previous_run(out, keep=set() if args.no_cache else keep)
+    _deterministic(args.seed)
     ctx = RunContext(data=data, out_dir=out, model_name=args.model, seed=args.seed)
     print(f"[slimpipe] {args.model} on {data.name}: {len(data.x_train)} training and "
           f"{len(data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
-    source = save_source(ctx, model, spec=args.model, width=args.width, trained=trained)
-    run_recipe(recipe, source, ctx)
+    source = save_source(ctx, model, spec=args.model, width=args.width, trained=trained,
+                         model_sha256=_file_sha256(args.model), cache=not args.no_cache)
+    run_recipe(recipe, source, ctx, cache=not args.no_cache)
+    reused = [t["name"] for t in ctx.stage_timings if t.get("reused")]
+    if reused:
+        ctx.note(f"Reused {len(reused)} of {len(recipe)} stages from an earlier run in {out} "
+                 f"({', '.join(reused)}); pass --no-cache to run everything again.")
     report = build_report(ctx, recipe=recipe.name, environment=environment())
     json_path, md_path = write_report(report, out)
     html_path = write_html(report, out)
@@ -129,14 +138,32 @@ def _compress(args) -> int:
     return 0
 
 
-def _clear_previous_run(out: Path) -> None:
-    """Remove what an earlier run wrote to `out` (only slimpipe's own entries)."""
+def _clear_previous_run(out: Path, keep: set[str]) -> None:
+    """Remove what an earlier run wrote to `out` (only slimpipe's own entries), except the
+    finished stage folders in `keep`, which the runner may reuse if their cache keys match."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file: give a folder path")
     out.mkdir(parents=True, exist_ok=True)
     for entry in out.iterdir():
-        if re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|report\.(json|md|html)(\.tmp)?", entry.name):
+        ours = re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|report\.(json|md|html)(\.tmp)?", entry.name)
+        if ours and entry.name not in keep:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _deterministic(seed: int) -> None:
+    """Same seed, same numbers: a resumed run must reproduce an uninterrupted one."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _file_sha256(spec: str) -> str | None:
+    from pipeline.artifacts import content_sha256
+
+    path = Path(spec)
+    return content_sha256(path) if path.exists() else None
 
 
 if __name__ == "__main__":

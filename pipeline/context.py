@@ -28,6 +28,7 @@ class RunContext:
     stage_dir: Path | None = None  # where the running stage writes; set by the runner
     baseline: str | None = None  # name of the dense Keras baseline artifact
     stage_timings: list[dict[str, Any]] = field(default_factory=list)
+    data_sha256: str | None = None  # fingerprint of the data set, part of every cache key
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- artifacts -------------------------------------------------------------------------

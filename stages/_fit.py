@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 
 def verbosity() -> int:
-    """Keras's own progress bars, unless SLIMPIPE_QUIET is set (tests, CI logs)."""
-    return 0 if os.environ.get("SLIMPIPE_QUIET", "") not in ("", "0") else 1
+    """Keras's own progress bar on a terminal, one line per epoch in a log file, and nothing
+    when SLIMPIPE_QUIET is set (tests)."""
+    if os.environ.get("SLIMPIPE_QUIET", "") not in ("", "0"):
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 def output_is_probabilities(model) -> bool:

@@ -43,11 +43,11 @@ class Boom:
     name: ClassVar[str] = "boom"
     accepts: ClassVar[tuple] = ("keras",)
     produces: ClassVar = None
-    error: type = RuntimeError
+    error: str = "runtime"
 
     def run(self, art, ctx):
         ctx.stage_path("half-written.h5").write_text("partial")
-        raise self.error("it broke")
+        raise {"runtime": RuntimeError, "config": ConfigError}[self.error]("it broke")
 
 
 def _source(ctx, tiny_model):
@@ -86,7 +86,7 @@ def test_failure_wraps_with_context_and_leaves_no_folder(ctx, tiny_model):
 def test_config_errors_pass_through_unwrapped(ctx, tiny_model):
     source = _source(ctx, tiny_model)
     with pytest.raises(ConfigError, match="it broke"):
-        run_recipe(Recipe("t", (Step("explode", Boom(ConfigError)),)), source, ctx, log=lambda s: None)
+        run_recipe(Recipe("t", (Step("explode", Boom("config")),)), source, ctx, log=lambda s: None)
 
 
 def test_progress_lines_name_each_step(ctx, tiny_model):
@@ -100,3 +100,44 @@ def test_recipe_slicing_keeps_order(ctx):
     recipe = Recipe("t", (Step("a", Double()), Step("b", Double()), Step("c", Double())))
     assert [s.name for s in recipe[:2]] == ["a", "b"]
     assert recipe[2].name == "c"
+
+
+def _fresh(ctx):
+    from pipeline.context import RunContext
+    return RunContext(data=ctx.data, out_dir=ctx.out_dir, model_name="tiny")
+
+
+def test_rerun_reuses_finished_steps_and_reruns_changed_ones(ctx, tiny_model):
+    recipe = Recipe("t", (Step("a", Double("a1")), Step("b", Double("b1"))))
+    run_recipe(recipe, _source(ctx, tiny_model), ctx, log=lambda s: None)
+    first = {a.name: a.sha256 for a in ctx.artifacts}
+
+    again = _fresh(ctx)
+    run_recipe(recipe, save_source(again, tiny_model, spec="tiny", width=1.0, trained=False),
+               again, log=lambda s: None)
+    assert [t["reused"] for t in again.stage_timings] == [True, True]
+    assert {a.name: a.sha256 for a in again.artifacts} == first
+
+    changed = Recipe("t", (Step("a", Double("a1")), Step("b", Double("b2"))))
+    third = _fresh(ctx)
+    run_recipe(changed, save_source(third, tiny_model, spec="tiny", width=1.0, trained=False),
+               third, log=lambda s: None)
+    assert [t["reused"] for t in third.stage_timings] == [True, False]
+
+    # a damaged file is never taken as complete: its step runs again
+    (ctx.out_dir / "01-a" / "a1.h5").write_bytes(b"truncated")
+    fourth = _fresh(ctx)
+    run_recipe(changed, save_source(fourth, tiny_model, spec="tiny", width=1.0, trained=False),
+               fourth, log=lambda s: None)
+    # the re-made file has the same bytes, so the step after it is still valid and reused
+    assert [t["reused"] for t in fourth.stage_timings] == [False, True]
+    assert fourth.find("a1").sha256 == first["a1"]
+
+
+def test_no_cache_runs_everything(ctx, tiny_model):
+    recipe = Recipe("t", (Step("a", Double("a1")),))
+    run_recipe(recipe, _source(ctx, tiny_model), ctx, log=lambda s: None)
+    again = _fresh(ctx)
+    run_recipe(recipe, save_source(again, tiny_model, spec="tiny", width=1.0, trained=False,
+                                   cache=False), again, log=lambda s: None, cache=False)
+    assert [t["reused"] for t in again.stage_timings] == [False]
