@@ -11,7 +11,7 @@ from pipeline.errors import ConfigError
 from pipeline.kerasio import load_keras, save_keras
 from stages.prune import Prune
 from stages.train import Train
-from conftest import make_tiny_model
+from tests.conftest import make_tiny_model
 
 KERNELS = ("conv", "dense", "logits")
 Wrapper = pruning_wrapper.PruneLowMagnitude

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-from conftest import make_tiny_model
+from tests.conftest import make_tiny_model
 from pipeline.artifacts import make_artifact
 from pipeline.context import RunContext
 from pipeline.errors import ConfigError

@@ -1,0 +1,117 @@
+"""Package every deployable file of the run as an edge bundle (after the benchmark stage)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pipeline.artifacts import KERAS_KINDS, Artifact, content_sha256
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError, StageError
+from pipeline.stage import require
+
+from exporters import write_bytes_atomic
+from exporters.bundle import build_metadata, write_bundle
+
+FORMATS = ("tflite", "onnx")
+ORDER_FIX = "put 'bundle' after 'benchmark' in the recipe"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Write a bundle for each TFLite/ONNX artifact of the run (see `exporters.bundle`).
+
+    A bundle records the accuracy the benchmark stage measured, so this stage must come after
+    'benchmark'. Files whose export validation failed are skipped with a note. Bundles go to
+    `<stage folder>/<artifact name>/` (+ `.zip` with `zip`), indexed by `bundles.json`; they are
+    packaging, not new model artifacts, so the stage returns none.
+
+    >>> Bundle(formats=("tflite",), zip=False)
+    """
+
+    name: ClassVar[str] = "bundle"
+    accepts: ClassVar[tuple[str, ...]] = KERAS_KINDS
+    produces: ClassVar[str | None] = None
+
+    zip: bool = True
+    formats: tuple[str, ...] = FORMATS
+    embed_metadata: bool = True
+
+    def __post_init__(self):
+        for field in ("zip", "embed_metadata"):
+            value = getattr(self, field)
+            require(isinstance(value, bool), self.name,
+                    f"{field} must be true or false. Received: {field}={value!r}")
+        ok = isinstance(self.formats, tuple) and bool(self.formats) and all(
+            f in FORMATS for f in self.formats)
+        require(ok, self.name, f"formats must be a non-empty subset of {FORMATS}. "
+                f"Received: formats={self.formats!r}")
+
+    def run(self, art: Artifact, ctx: RunContext) -> list[Artifact]:
+        targets, skipped = [], {}
+        for target in ctx.measurable():
+            if target.format not in self.formats:
+                continue
+            validation = target.meta.get("validation") or {}
+            if validation.get("passed") is False:
+                skipped[target.name] = "export validation failed"
+                ctx.note(f"bundle: skipped '{target.name}': its export validation failed "
+                         f"(max |diff| {validation.get('max_abs_diff')})")
+                continue
+            targets.append(target)
+        missing = [t.name for t in targets if t.name not in ctx.measurements]
+        if missing:
+            raise ConfigError(f"bundle needs measurements: {ORDER_FIX}. Received: no measurements "
+                              f"for {', '.join(missing)}")
+        if not targets:
+            raise ConfigError(f"stage 'bundle' found no {'/'.join(self.formats)} files to bundle: "
+                              f"expected an 'export' (or 'quantize') step before 'benchmark'. "
+                              f"Received: artifacts {', '.join(a.name for a in ctx.artifacts) or 'none'}")
+        out_dir = ctx.stage_path("")
+        index: dict[str, dict] = {}
+        for target in targets:
+            if content_sha256(target.path) != target.sha256:
+                raise StageError(f"stage 'bundle': {target.path} changed since it was recorded "
+                                 f"(sha256 differs); rerun the recipe without the cache")
+            metadata = build_metadata(
+                target.path, name=target.name, labels=ctx.data.labels,
+                normalization=ctx.data.normalization, measurement=ctx.measurements[target.name],
+                lineage=_lineage(target, ctx), output_kind=_output_kind(target, ctx))
+            result = write_bundle(target.path, out_dir, metadata=metadata, labels=ctx.data.labels,
+                                  zip=self.zip, embed_metadata=self.embed_metadata)
+            if "skipped" in result["embedded"]:
+                ctx.note(f"bundle: no metadata embedded in '{target.name}': "
+                         f"{result['embedded']['skipped']}")
+            index[target.name] = {
+                "dir": target.name, "zip": f"{target.name}.zip" if result["zip"] else None,
+                "files": result["files"], "embedded": result["embedded"],
+                "accuracy": (metadata["accuracy"] or {}).get("top1"),
+                "sha256": metadata["sha256"]}
+        write_bytes_atomic(out_dir / "bundles.json", (json.dumps(
+            {"bundles": index, "skipped": skipped}, indent=2, sort_keys=True) + "\n").encode())
+        return []
+
+
+def _ancestors(art: Artifact, ctx: RunContext) -> list[Artifact]:
+    """`art`, its parent, ... up to the source (as far as the run knows them)."""
+    by_id = {a.id: a for a in ctx.artifacts}
+    chain, seen = [art], {art.id}
+    while chain[-1].parent_id in by_id and chain[-1].parent_id not in seen:
+        chain.append(by_id[chain[-1].parent_id])
+        seen.add(chain[-1].id)
+    return chain
+
+
+def _lineage(art: Artifact, ctx: RunContext) -> list[dict]:
+    return [{"name": a.name, "stage": a.stage, "id": a.id, "format": a.format}
+            for a in _ancestors(art, ctx)]
+
+
+def _output_kind(art: Artifact, ctx: RunContext) -> str:
+    """"probabilities" when the Keras model the file came from ends in softmax, else "logits"."""
+    from pipeline.models import output_is_probabilities
+
+    keras_parent = next((a for a in _ancestors(art, ctx)[1:] if a.is_keras), None)
+    if keras_parent is None or not keras_parent.path.exists():
+        return "logits"
+    return "probabilities" if output_is_probabilities(ctx.keras_model(keras_parent)) else "logits"

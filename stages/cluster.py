@@ -1,0 +1,135 @@
+"""The cluster stage: weight clustering with fine-tuning (tfmot's cluster_weights)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from pipeline.artifacts import Artifact
+from pipeline.errors import ConfigError
+from pipeline.kerasio import clone_with_weights, tfmot_scope
+from pipeline.stage import check_count, require
+from stages._fit import fit
+
+INITS = ("kmeans_plus_plus", "linear", "density_based", "random")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Share each kernel's weights among `clusters` values, fine-tune, strip the wrappers.
+
+    >>> arts = Cluster(clusters=16, epochs=1).run(pruned, ctx)
+    >>> arts[0].name, arts[0].kind, arts[0].meta["layers"][0]
+    ('clustered', 'keras', {'name': 'conv', 'unique_values': 17, 'params': 72, 'sparsity': 0.7})
+
+    `preserve_sparsity` keeps a pruned model's zeros at zero (one extra value, so a layer may
+    end with clusters + 1 unique values). The meta is measured on the stripped kernels. A Conv2D
+    with no more weights than `clusters` is left alone by tfmot; the report notes it.
+    """
+
+    name: ClassVar[str] = "cluster"
+    accepts: ClassVar[tuple[str, ...]] = ("keras",)
+    produces: ClassVar[str | None] = "keras"
+
+    clusters: int = 16
+    init: str = "kmeans_plus_plus"
+    preserve_sparsity: bool = True
+    epochs: int = 1
+    batch_size: int = 64
+    # tfmot's clustering tutorial fine-tunes with Adam at 1e-5: the centroids start from a
+    # trained model, and a larger step scatters what the k-means initialisation found.
+    learning_rate: float = 1e-5
+    layers: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        n = self.name
+        if isinstance(self.layers, list):  # recipes arrive as TOML/JSON lists
+            object.__setattr__(self, "layers", tuple(self.layers))
+        require(isinstance(self.preserve_sparsity, bool), n,
+                f"preserve_sparsity must be true or false. Received: preserve_sparsity={self.preserve_sparsity!r}")
+        # tfmot needs one centroid besides the zero one when it preserves sparsity.
+        check_count(n, "clusters", self.clusters, minimum=3 if self.preserve_sparsity is True else 2)
+        require(self.init in INITS, n, f"init must be one of {', '.join(map(repr, INITS))}. "
+                f"Received: init={self.init!r}")
+        check_count(n, "epochs", self.epochs, minimum=0)
+        check_count(n, "batch_size", self.batch_size, minimum=1)
+        require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
+                and self.learning_rate > 0, n,
+                f"learning_rate must be a number > 0 (e.g. 1e-5). Received: learning_rate={self.learning_rate!r}")
+        require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
+                f"layers must be a list of layer names. Received: layers={self.layers!r}")
+
+    def run(self, art: Artifact, ctx) -> list[Artifact]:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras as keras
+        from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
+
+        clustering = tfmot.clustering.keras
+        source = ctx.keras_model(art)
+        targets = self._targets(source)
+        params = {"number_of_clusters": self.clusters,
+                  "cluster_centroids_init": getattr(clustering.CentroidInitialization, self.init.upper()),
+                  "preserve_sparsity": self.preserve_sparsity}
+
+        def wrap(layer):
+            return clustering.cluster_weights(layer, **params) if layer.name in targets else layer
+
+        # Wrap a private copy: cluster_weights wraps the very layer objects it is given.
+        with tfmot_scope():
+            model = keras.models.clone_model(clone_with_weights(source), clone_function=wrap)
+        skipped = [layer.name for layer in model.layers
+                   if layer.name in targets and not isinstance(layer, ClusterWeights)]
+        if skipped:
+            ctx.note(f"cluster: tfmot left {', '.join(skipped)} unclustered: a Conv2D needs more "
+                     f"than clusters={self.clusters} weights; lower clusters to cluster it")
+        if self.epochs:
+            fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
+                learning_rate=self.learning_rate)
+        model = clustering.strip_clustering(model)
+
+        layers = [entry for entry in clustered_weights(model) if entry["name"] in targets]
+        limit = self.clusters + (1 if self.preserve_sparsity else 0)
+        over = [f"{e['name']} ({e['unique_values']})" for e in layers
+                if e["unique_values"] > limit and e["name"] not in skipped]
+        if over:
+            ctx.note(f"cluster: {', '.join(over)} ended with more unique kernel values than "
+                     f"clusters={self.clusters}" + (" + 1 for zero" if self.preserve_sparsity else ""))
+        meta = {"clusters": self.clusters, "layers": layers, "unclustered": skipped}
+        return [ctx.save_model(self, model, "clustered", parent=art, kind="keras", meta=meta)]
+
+    def _targets(self, model) -> set[str]:
+        clusterable = [layer.name for layer in model.layers if _clusterable(layer)]
+        unknown = [name for name in self.layers if name not in clusterable]
+        if unknown or not clusterable:
+            what = (f"layers={list(self.layers)!r} names {unknown!r}" if unknown
+                    else "the model has none")
+            raise ConfigError(f"stage 'cluster': expected names of clusterable layers with kernels "
+                              f"({', '.join(clusterable) or 'none'}); {what}: "
+                              "list only those layers, or leave layers empty to cluster them all")
+        return set(self.layers or clusterable)
+
+
+def _clusterable(layer) -> bool:
+    """Layers whose weights tfmot clusters (Conv*, Dense, ...); pooling, BN... have none."""
+    from tensorflow_model_optimization.python.core.clustering.keras import clusterable_layer, clustering_registry
+
+    if isinstance(layer, clusterable_layer.ClusterableLayer):
+        return True
+    registry = clustering_registry.ClusteringRegistry
+    return layer.__class__ in registry._LAYERS_WEIGHTS_MAP and bool(registry._weight_names(layer))
+
+
+def clustered_weights(model) -> list[dict]:
+    """Unique values and zeros of every kernel-like weight of a plain model, per layer."""
+    out = []
+    for layer in model.layers:
+        for attr in ("kernel", "pointwise_kernel", "embeddings"):
+            weight = getattr(layer, attr, None)
+            if weight is None or not hasattr(weight, "numpy"):
+                continue
+            w = weight.numpy()
+            out.append({"name": layer.name, "unique_values": int(np.unique(w).size),
+                        "params": int(w.size), "sparsity": round(float(np.mean(w == 0)), 4)})
+            break
+    return out

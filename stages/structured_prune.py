@@ -1,0 +1,211 @@
+"""The structured_prune stage: remove whole filters and neurons, then fine-tune.
+
+Unlike `prune` (zeroed weights in dense kernels), the result is a smaller ordinary Keras model,
+so every exporter, quantizer and runtime gets fewer multiply-accumulates.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from pipeline.artifacts import Artifact
+from pipeline.errors import ConfigError
+from pipeline.kerasio import clone_with_weights
+from pipeline.stage import check_count, check_fraction, require
+from stages._fit import check_learning_rate, fit
+from stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
+                             prune_channels, select_channels)
+
+TARGETS = ("params", "macs", "latency")
+
+
+@dataclass(frozen=True)
+class StructuredPrune:
+    """Shrink Conv2D/Dense layers to fewer channels in `rounds` rounds, fine-tuning after each.
+
+    >>> arts = StructuredPrune(target="macs", reduction=0.7).run(trained, ctx)
+    >>> arts[0].meta["macs_after"] / arts[0].meta["macs_before"]
+    0.29
+
+    Each round r of R shrinks the target metric to (1 - reduction) ** (r / R) of the original
+    (the same share of what is left each round). Channels go by a global ranking: every group's
+    scores are divided by the group's mean, and the lowest-ranked channels across all layers go
+    first until the round's budget (measured analytically) is met. Kept counts are >= min_channels
+    and rounded up to a multiple of round_to. target="latency" uses MACs to pick each round's
+    candidate, then exports it to TFLite and measures its p50 (1 thread, batch 1), shrinking more
+    while it is too slow. `epochs=0` skips fine-tuning. `from_scratch` also trains the pruned
+    architecture from random init (Liu et al., "Rethinking the Value of Network Pruning").
+    """
+
+    name: ClassVar[str] = "structured_prune"
+    accepts: ClassVar[tuple[str, ...]] = ("keras",)
+    produces: ClassVar[str | None] = "keras"
+
+    criterion: str = "l1"
+    target: str = "macs"
+    reduction: float = 0.7
+    rounds: int = 3
+    epochs: int = 1
+    final_epochs: int = 2
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    min_channels: int = 4
+    round_to: int = 4
+    layers: tuple[str, ...] = ()
+    from_scratch: bool = False
+
+    def __post_init__(self):
+        n = self.name
+        if isinstance(self.layers, list):  # recipes arrive as TOML/JSON lists
+            object.__setattr__(self, "layers", tuple(self.layers))
+        require(self.criterion in CRITERIA, n, f"criterion must be one of {', '.join(map(repr, CRITERIA))}. "
+                f"Received: criterion={self.criterion!r}")
+        require(self.target in TARGETS, n, f"target must be one of {', '.join(map(repr, TARGETS))}. "
+                f"Received: target={self.target!r}")
+        check_fraction(n, "reduction", self.reduction)
+        require(self.reduction > 0, n, f"reduction must be in (0, 1), e.g. 0.5 to halve the target "
+                f"metric. Received: reduction={self.reduction!r}")
+        check_count(n, "rounds", self.rounds, minimum=1)
+        check_count(n, "epochs", self.epochs, minimum=0)
+        check_count(n, "final_epochs", self.final_epochs, minimum=0)
+        check_count(n, "batch_size", self.batch_size, minimum=1)
+        check_learning_rate(n, self.learning_rate)
+        check_count(n, "min_channels", self.min_channels, minimum=1)
+        check_count(n, "round_to", self.round_to, minimum=1)
+        require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
+                f"layers must be a list of layer names. Received: layers={self.layers!r}")
+        require(isinstance(self.from_scratch, bool), n,
+                f"from_scratch must be true or false. Received: from_scratch={self.from_scratch!r}")
+
+    def run(self, art: Artifact, ctx) -> list[Artifact]:
+        from benchmarks.complexity import keras_complexity
+
+        model = clone_with_weights(ctx.keras_model(art))
+        selected, skipped = self._select(model, ctx)
+        before = keras_complexity(model)
+        start_channels = {p: g.size for g in analyze_groups(model) if g.id in selected for p in g.producers}
+        latency = [self._latency_ms(model, ctx)] if self.target == "latency" else []
+        rounds = []
+        for r in range(1, self.rounds + 1):
+            share = (1 - self.reduction) ** (r / self.rounds)
+            groups = [g for g in analyze_groups(model) if g.id in selected and g.prunable]
+            scores = {g.id: channel_scores(model, g, self.criterion) for g in groups}
+            model, reached, record = self._shrink(model, groups, scores, share, before, latency, ctx)
+            if not reached:
+                ctx.note(f"structured_prune: round {r} could not reach {share:.1%} of the original "
+                         f"{self.target}: every pruned layer is at min_channels={self.min_channels} "
+                         f"(round_to={self.round_to}); lower them or prune more layers")
+            if self.epochs:
+                fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+            rounds.append({"round": r, **record, "accuracy": _accuracy(model, ctx)})
+        if self.final_epochs:
+            fit(model, ctx, epochs=self.final_epochs, batch_size=self.batch_size,
+                learning_rate=self.learning_rate)
+        after = keras_complexity(model)
+        channels = {p: [n, _width(model.get_layer(p))] for p, n in start_channels.items()}
+        achieved = (1 - latency[-1] / latency[0]) if latency else 1 - after[self.target] / before[self.target]
+        if achieved < self.reduction - 1e-9:
+            ctx.note(f"structured_prune: reached a {self.target} reduction of {achieved:.1%}, below the "
+                     f"requested {self.reduction:.1%}")
+        meta = {"criterion": self.criterion, "target": self.target, "reduction_requested": self.reduction,
+                "reduction_achieved": round(float(achieved), 4),
+                "params_before": before["params"], "params_after": after["params"],
+                "macs_before": before["macs"], "macs_after": after["macs"], "channels": channels,
+                "rounds": rounds, "skipped_groups": skipped, "accuracy": _accuracy(model, ctx),
+                "trained": True}
+        if latency:
+            meta.update(latency_before_ms=round(latency[0], 4), latency_after_ms=round(latency[-1], 4))
+        out = [ctx.save_model(self, model, "structured", parent=art, kind="keras", meta=meta)]
+        if self.from_scratch:
+            out.append(self._scratch(model, art, ctx))
+        return out
+
+    def _select(self, model, ctx) -> tuple[set[str], list[dict]]:
+        """Ids of the groups to prune, and the groups left alone with the reason why."""
+        groups = analyze_groups(model)
+        skipped = [{"producers": list(g.producers), "reason": g.reason} for g in groups if not g.prunable]
+        prunable = [g for g in groups if g.prunable]
+        names = [p for g in prunable for p in g.producers]
+        unknown = [n for n in self.layers if n not in names]
+        if unknown or not prunable:
+            raise ConfigError(f"stage '{self.name}': expected names of prunable Conv2D/Dense layers "
+                              f"({', '.join(names) or 'none'}); received layers={list(self.layers)!r}: "
+                              "list only those layers, or leave layers empty to prune them all")
+        chosen = [g for g in prunable if not self.layers or set(g.producers) & set(self.layers)]
+        if self.criterion == "bn_scale" and not self.layers:
+            no_bn = [g for g in chosen if any(b is None for b in g.bn.values())]
+            if len(no_bn) == len(chosen):
+                channel_scores(model, chosen[0], "bn_scale")  # raises the ConfigError naming them
+            for g in no_bn:
+                skipped.append({"producers": list(g.producers), "reason": "no BatchNormalization follows "
+                                "(criterion bn_scale)"})
+            if no_bn:
+                ctx.note(f"structured_prune: criterion bn_scale left {', '.join(g.id for g in no_bn)} "
+                         "unpruned: no batch norm follows them")
+            chosen = [g for g in chosen if g.id not in {b.id for b in no_bn}]
+        for g in chosen:
+            channel_scores(model, g, self.criterion)  # a ConfigError now, not after a round
+        return {g.id for g in chosen}, skipped
+
+    def _shrink(self, model, groups, scores, share, before, latency, ctx):
+        cost = complexity_model(model)
+        opts = {"min_channels": self.min_channels, "round_to": self.round_to}
+        if self.target != "latency":
+            keep, reached = select_channels(groups, scores, lambda c: cost(c)[self.target],
+                                            before[self.target] * share, **opts)
+            model = prune_channels(model, keep) if keep else model
+            return model, reached, {**complexity_model(model)({}), f"{self.target}_budget": round(before[self.target] * share)}
+        goal = latency[0] * share
+        budget = cost({})["macs"] * min(1.0, goal / latency[-1])
+        candidate, measured, reached = model, latency[-1], True
+        for _ in range(3):  # the MAC budget is a proxy: shrink further while the export is too slow
+            if measured <= goal:
+                break
+            keep, reached = select_channels(groups, scores, lambda c: cost(c)["macs"], budget, **opts)
+            candidate = prune_channels(model, keep) if keep else model
+            measured = self._latency_ms(candidate, ctx)
+            if not reached:
+                break
+            budget *= goal / measured
+        reached = reached and measured <= goal
+        latency.append(measured)
+        return candidate, reached, {**complexity_model(candidate)({}), "latency_ms": round(measured, 4),
+                                    "latency_budget_ms": round(goal, 4)}
+
+    def _latency_ms(self, model, ctx) -> float:
+        from benchmarks.measure import measure_latency
+        from benchmarks.runtimes import open_runtime
+        from exporters.tflite import export_tflite
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_tflite(model, Path(tmp) / "candidate.tflite")
+            runtime = open_runtime(path, "tflite", threads=1)
+            x1 = np.asarray(ctx.data.x_test[:1], dtype=np.float32)
+            return measure_latency(lambda: runtime.predict(x1), warmup=5, min_runs=30, min_seconds=0.3)["p50_ms"]
+
+    def _scratch(self, model, art: Artifact, ctx) -> Artifact:
+        import tf_keras as keras
+
+        epochs = int(art.meta.get("epochs", 0) or 0) + self.rounds * self.epochs + self.final_epochs
+        keras.utils.set_random_seed(ctx.seed + 1)
+        scratch = keras.models.clone_model(model)  # same architecture, fresh initializers
+        if epochs:
+            fit(scratch, ctx, epochs=epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        meta = {"from_scratch": True, "epochs": epochs, "trained": epochs > 0,
+                "params": int(scratch.count_params()), "accuracy": _accuracy(scratch, ctx)}
+        return ctx.save_model(self, scratch, "structured.scratch", parent=art, kind="keras", meta=meta)
+
+
+def _width(layer) -> int:
+    config = layer.get_config()
+    return int(config.get("filters", config.get("units")))
+
+
+def _accuracy(model, ctx) -> float:
+    """Top-1 accuracy on the run's test split (a progress signal; `benchmark` measures for real)."""
+    logits = model.predict(ctx.data.x_test, batch_size=256, verbose=0)
+    return round(float(np.mean(np.argmax(logits, axis=1) == ctx.data.y_test)), 4)

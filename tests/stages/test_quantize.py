@@ -1,0 +1,215 @@
+"""The quantize stage: each mode really yields the weight/IO types it promises, files agree with
+the float model, pqat/cqat keep sparsity/shared values, QAT models reload, the input model is
+never modified, and unsupported input fails with a ConfigError naming the layer."""
+import numpy as np
+import pytest
+
+from pipeline.artifacts import make_artifact
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError, ExportValidationError
+from pipeline.kerasio import clone_with_weights, load_keras, save_keras
+from benchmarks.runtimes import open_runtime
+from benchmarks.accuracy import top1_agreement
+from stages.cluster import Cluster
+from stages.quantize import Quantize, tflite_weight_tensors
+from stages.train import Train
+from tests.conftest import TINY_SHAPE, make_tiny_model
+
+# Dynamic-range quantization leaves tensors under 1024 values in float (TFLite's threshold):
+# of the tiny model only the 200x32 "dense" kernel is that large.
+BIG = (32, 200)
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("SLIMPIPE_QUIET", "1")
+
+
+@pytest.fixture(scope="module")
+def trained_path(tmp_path_factory, tiny_data):
+    tmp = tmp_path_factory.mktemp("trained")
+    ctx = RunContext(data=tiny_data, out_dir=tmp)
+    src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
+                        kind="keras", stage="source", config={}, parent=None)
+    ctx.stage_dir = tmp / "train"
+    return Train(epochs=3).run(src, ctx)[0].path
+
+
+def artifact(path, name="trained"):
+    return make_artifact(name, path, fmt="keras", kind="keras", stage="train", config={}, parent=None)
+
+
+@pytest.fixture
+def trained(trained_path):
+    return artifact(trained_path)
+
+
+def run(stage, art, ctx, folder="quantize"):
+    ctx.stage_dir = ctx.out_dir / folder
+    return stage.run(art, ctx)
+
+
+def weights_of(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def unchanged(before, model):
+    return len(before) == len(model.get_weights()) and all(
+        np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def dtype_by_shape(path):
+    return {tuple(t["shape"]): t["dtype"] for t in tflite_weight_tensors(path)}
+
+
+def test_dynamic_has_int8_weights_and_leaves_the_input_alone(ctx, trained):
+    source = ctx.keras_model(trained)
+    before = weights_of(source)
+
+    [out] = run(Quantize(mode="dynamic"), trained, ctx)
+
+    assert (out.name, out.format, out.parent) == ("trained.dynamic.tflite", "tflite", "trained")
+    assert dtype_by_shape(out.path)[BIG] == "int8"
+    assert "int8" in out.meta["weight_dtypes"]
+    check = out.meta["validation"]
+    assert check["passed"] and check["top1_agreement"] >= 0.97 and check["samples"] == len(ctx.data.x_test)
+    assert unchanged(before, source)
+
+
+def test_int8_with_int8_io_runs_with_float_in_and_out(ctx, trained):
+    [out] = run(Quantize(mode="int8", io="int8", representative_samples=100), trained, ctx)
+
+    assert out.name == "trained.int8.io-int8.tflite"
+    assert out.meta["weight_dtypes"] == ["int8"] and out.meta["io"] == "int8"
+    rt = open_runtime(out.path, "tflite")
+    assert rt.interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert rt.interpreter.get_output_details()[0]["dtype"] == np.int8
+    x = ctx.data.x_test[:32]
+    logits = rt.predict(x)
+    assert logits.dtype == np.float32 and logits.shape == (32, 4)
+    reference = ctx.keras_model(trained).predict(x, verbose=0)
+    assert top1_agreement(logits, reference) >= 0.9
+
+
+def test_int8_with_float_io_keeps_float_edges(ctx, trained):
+    [out] = run(Quantize(mode="int8", representative_samples=100), trained, ctx)
+
+    assert out.name == "trained.int8.tflite" and out.meta["weight_dtypes"] == ["int8"]
+    rt = open_runtime(out.path, "tflite")
+    assert rt.interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert rt.interpreter.get_output_details()[0]["dtype"] == np.float32
+    assert out.meta["validation"]["passed"]
+
+
+def test_float16_has_float16_weights(ctx, trained):
+    [out] = run(Quantize(mode="float16"), trained, ctx)
+
+    assert out.meta["weight_dtypes"] == ["float16"]
+    assert out.meta["validation"]["top1_agreement"] >= 0.97
+
+
+def test_qat_saves_a_reloadable_model_and_an_int8_file(ctx, trained):
+    source = ctx.keras_model(trained)
+    before = weights_of(source)
+
+    keras_art, tfl = run(Quantize(mode="qat", epochs=1), trained, ctx)
+
+    assert (keras_art.name, keras_art.kind, keras_art.parent) == ("trained.qat", "keras:qat", "trained")
+    assert (tfl.name, tfl.parent, tfl.parent_id) == ("trained.qat.tflite", "trained.qat", keras_art.id)
+    reloaded = load_keras(keras_art.path)
+    assert any(type(layer).__name__ == "QuantizeWrapperV2" for layer in reloaded.layers)
+    dtypes = dtype_by_shape(tfl.path)
+    assert dtypes[BIG] == "int8" and dtypes[(8, 3, 3, 1)] == "int8" and tfl.meta["weight_dtypes"] == ["int8"]
+    assert tfl.meta["validation"]["top1_agreement"] >= 0.9
+    assert unchanged(before, source)
+    assert all(type(layer).__name__ not in ("QuantizeWrapperV2", "QuantizeAnnotate") for layer in source.layers)
+
+
+def test_pqat_keeps_the_sparsity_of_a_pruned_input(ctx, trained_path, tmp_path):
+    pruned = clone_with_weights(load_keras(trained_path))
+    for layer in pruned.layers:
+        if hasattr(layer, "kernel"):
+            kernel, bias = layer.get_weights()
+            kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.7)] = 0.0
+            layer.set_weights([kernel, bias])
+    art = artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
+
+    keras_art, tfl = run(Quantize(mode="pqat", epochs=1), art, ctx)
+
+    meta = keras_art.meta
+    assert meta["sparsity_in"] >= 0.69
+    assert meta["sparsity_out"] >= meta["sparsity_in"] - 0.01
+    assert tfl.meta["sparsity"] >= meta["sparsity_in"] - 0.01  # measured in the .tflite itself
+    for layer in meta["layers"]:
+        assert layer["zeros_out"] >= layer["zeros_in"] * 0.99, layer
+    assert load_keras(keras_art.path) is not None
+    assert tfl.meta["validation"]["passed"]
+
+
+def test_cqat_keeps_the_clusters(ctx, trained):
+    ctx.stage_dir = ctx.out_dir / "cluster"
+    [clustered] = Cluster(clusters=8, preserve_sparsity=False, epochs=0).run(trained, ctx)
+
+    keras_art, tfl = run(Quantize(mode="cqat", epochs=1), clustered, ctx)
+
+    for layer in keras_art.meta["layers"]:
+        assert layer["unique_in"] <= 8 and layer["unique_out"] <= 8, layer
+    reloaded = load_keras(keras_art.path)  # only loads once the centroid variables are stripped
+    kernels = [w.numpy() for w in reloaded.weights if w.name.endswith("/kernel:0")]
+    assert len(kernels) == 3 and all(np.unique(k).size <= 8 for k in kernels)
+    assert tfl.meta["weight_dtypes"] == ["int8"] and tfl.meta["validation"]["passed"]
+
+
+def bn_model():
+    import tf_keras as keras
+
+    return keras.Sequential([
+        keras.layers.Input(TINY_SHAPE),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(16, activation="relu", name="dense"),
+        keras.layers.BatchNormalization(name="bn_after_dense"),
+        keras.layers.Dense(4, name="logits"),
+    ], name="bn")
+
+
+def test_batchnorm_tfmot_cannot_quantize_names_the_layer(ctx, tmp_path):
+    art = artifact(save_keras(bn_model(), tmp_path / "bn.h5"), "bn")
+    with pytest.raises(ConfigError, match=r"'bn_after_dense' \(BatchNormalization\).*follows 'dense'"
+                                          r".*post-training mode"):
+        run(Quantize(mode="qat"), art, ctx)
+    # post-training modes are fine with it
+    [out] = run(Quantize(mode="dynamic", min_agreement=0.0), art, ctx)
+    assert out.meta["validation"]["samples"] > 0
+
+
+def test_wrapped_input_is_refused(ctx, tmp_path, trained_path):
+    import tensorflow_model_optimization as tfmot
+
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(clone_with_weights(load_keras(trained_path)))
+    art = artifact(save_keras(wrapped, tmp_path / "pruning.h5"), "pruning")
+    with pytest.raises(ConfigError, match=r"pruning wrappers on prune_low_magnitude_conv.*put 'strip' after 'prune'"):
+        run(Quantize(mode="dynamic"), art, ctx)
+
+
+def test_disagreement_raises_one_error_naming_the_file(ctx, tiny_model, tmp_path):
+    # An untrained model's logits are near-ties: int8 flips many top-1 classes, and 1.0 is strict.
+    art = artifact(save_keras(tiny_model, tmp_path / "untrained.h5"), "untrained")
+    with pytest.raises(ExportValidationError, match=r"untrained\.int8\.tflite: top-1 agreement 0\.\d+ .*min_agreement 1\.0"):
+        run(Quantize(mode="int8", representative_samples=50, min_agreement=1.0), art, ctx)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"mode": "int4"}, "mode"),
+    ({"io": "uint8"}, "io"),
+    ({"mode": "dynamic", "io": "int8"}, "io"),
+    ({"epochs": 0}, "epochs"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"learning_rate": -1e-4}, "learning_rate"),
+    ({"representative_samples": 0}, "representative_samples"),
+    ({"sparse": 1}, "sparse"),
+    ({"min_agreement": 1.5}, "min_agreement"),
+    ({"parity_samples": 0}, "parity_samples"),
+])
+def test_bad_parameters(kwargs, field):
+    with pytest.raises(ConfigError, match=rf"stage 'quantize': {field}\W.*Received"):
+        Quantize(**kwargs)
