@@ -55,9 +55,39 @@ def weight_sparsity(path, fmt: str) -> dict[str, Any]:
     return result
 
 
-def _layer(name: str, params: int, zeros: int, **extra) -> dict[str, Any]:
-    return {"name": name, "params": int(params), "zeros": int(zeros),
-            "sparsity": zeros / params if params else 0.0, **extra}
+def _layer(name: str, params: int, zeros: int, values: np.ndarray | None = None,
+           is_zero: np.ndarray | None = None, **extra) -> dict[str, Any]:
+    """One weight tensor's counts; with its stored `values`, also the bits per stored value and
+    the number of distinct non-zero values (what a size floor needs)."""
+    out = {"name": name, "params": int(params), "zeros": int(zeros),
+           "sparsity": zeros / params if params else 0.0, **extra}
+    if values is not None:
+        out["bits"] = int(np.asarray(values).dtype.itemsize * 8)
+        values = np.asarray(values)
+        out["distinct"] = int(np.unique(values[~(values == 0 if is_zero is None else is_zero)]).size)
+    return out
+
+
+def size_floor_bytes(layers: list[dict]) -> int | None:
+    """A lower bound for storing these weight tensors: non-zeros x bits per weight plus index
+    overhead, summed over tensors (rounded up to bytes).
+
+    Bits per weight are the stored dtype's, or log2(distinct values) plus a codebook of the
+    distinct values when that is cheaper (a clustered kernel of 16 values costs 4 bits a weight).
+    A tensor with zeros also pays for where its non-zeros are: the cheaper of a bitmap (1 bit per
+    weight) and one index of log2(size) bits per non-zero. None when a tensor lacks the counts.
+    """
+    if not layers or any("bits" not in layer for layer in layers):
+        return None
+    total = 0
+    for layer in layers:
+        n, nnz, bits = layer["params"], layer["params"] - layer["zeros"], layer["bits"]
+        distinct = max(layer["distinct"], 1)
+        coded = nnz * math.ceil(math.log2(distinct)) + distinct * bits if distinct > 1 else bits
+        values = min(nnz * bits, coded)
+        index = 0 if nnz == n else min(n, nnz * max(1, math.ceil(math.log2(n))))
+        total += values + index
+    return math.ceil(total / 8)
 
 
 def _is_weight_dtype(dtype: np.dtype) -> bool:
@@ -77,7 +107,7 @@ def _keras_layers(path: Path) -> list[dict]:
         arr = np.asarray(w.numpy())
         if arr.ndim < 2 or not _is_weight_dtype(arr.dtype):
             continue
-        layers.append(_layer(name, arr.size, int(np.count_nonzero(arr == 0))))
+        layers.append(_layer(name, arr.size, int(np.count_nonzero(arr == 0)), arr))
     return layers
 
 
@@ -104,9 +134,9 @@ def _onnx_layers(path: Path, notes: list[str]) -> list[dict]:
             continue
         zp = zero_points.get(name)
         if zp is None or arr.dtype.kind == "f":
-            zeros = np.count_nonzero(arr == 0)
+            is_zero = arr == 0
         elif zp.size == 1:
-            zeros = np.count_nonzero(arr == zp.reshape(()))
+            is_zero = arr == zp.reshape(())
         else:  # per-axis zero point: find the axis it runs along
             axes = [a for a in range(arr.ndim) if arr.shape[a] == zp.size]
             if not axes:
@@ -114,15 +144,15 @@ def _onnx_layers(path: Path, notes: list[str]) -> list[dict]:
                 continue
             shape = [1] * arr.ndim
             shape[axes[0]] = zp.size
-            zeros = np.count_nonzero(arr == zp.reshape(shape))
-        layers.append(_layer(name, arr.size, int(zeros)))
+            is_zero = arr == zp.reshape(shape)
+        layers.append(_layer(name, arr.size, int(np.count_nonzero(is_zero)), arr, is_zero))
     for sp in graph.sparse_initializer:
         values = numpy_helper.to_array(sp.values)
         dense = math.prod(sp.dims)
         if len(sp.dims) < 2 or not _is_weight_dtype(values.dtype):
             continue
         layers.append(_layer(sp.values.name, dense, dense - values.size + np.count_nonzero(values == 0),
-                             storage="sparse"))
+                             values, storage="sparse"))
     return layers
 
 
@@ -183,20 +213,23 @@ def _tflite_layers(path: Path, notes: list[str]) -> list[dict]:
                     notes.append(f"{name}: sparse storage with per-channel zero points not measured")
                     continue
                 z = 0 if zp is None else zp.flat[0]
-                zeros = dense - values.size + int(np.count_nonzero(values == z))
+                is_zero = values == z
+                zeros = dense - values.size + int(np.count_nonzero(is_zero))
             else:
                 if values.size != dense:
                     notes.append(f"{name}: {values.size} stored values for shape {shape}; not measured")
                     continue
                 values = values.reshape(shape)
                 if zp is None or zp.size == 1:
-                    zeros = int(np.count_nonzero(values == (0 if zp is None else zp.flat[0])))
+                    is_zero = values == (0 if zp is None else zp.flat[0])
                 else:
                     axis = tensor.Quantization().QuantizedDimension()
                     bshape = [1] * len(shape)
                     bshape[axis] = zp.size
-                    zeros = int(np.count_nonzero(values == zp.reshape(bshape)))
-            layers.append(_layer(name, dense, zeros, storage="sparse" if sparse else "dense"))
+                    is_zero = values == zp.reshape(bshape)
+                zeros = int(np.count_nonzero(is_zero))
+            layers.append(_layer(name, dense, zeros, values, is_zero,
+                                 storage="sparse" if sparse else "dense"))
     return layers
 
 

@@ -98,7 +98,7 @@ def _compress(args) -> int:
     from pipeline.html_report import write_html
     from pipeline.models import check_fit, resolve_model
     from pipeline.recipe import load_recipe
-    from pipeline.report import build_report, write_report
+    from pipeline.report import build_report, write_plots, write_report
     from pipeline.runner import run_recipe, save_source
     from stages import STAGES
 
@@ -132,8 +132,9 @@ def _compress(args) -> int:
         ctx.note(f"Reused {len(reused)} of {len(recipe)} stages from an earlier run in {out} "
                  f"({', '.join(reused)}); pass --no-cache to run everything again.")
     report = build_report(ctx, recipe=recipe.name, environment=environment())
+    images = write_plots(report, out)
     json_path, md_path = write_report(report, out)
-    html_path = write_html(report, out)
+    html_path = write_html(report, out, images)
     print(f"[slimpipe] report: {md_path}, {html_path} and {json_path}")
     return 0
 
@@ -145,7 +146,8 @@ def _clear_previous_run(out: Path, keep: set[str]) -> None:
         raise ConfigError(f"--out {str(out)!r} is a file: give a folder path")
     out.mkdir(parents=True, exist_ok=True)
     for entry in out.iterdir():
-        ours = re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|report\.(json|md|html)(\.tmp)?", entry.name)
+        ours = re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|(report\.(json|md|html)|\w+_vs_accuracy\.png)(\.tmp)?",
+                            entry.name)
         if ours and entry.name not in keep:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 

@@ -60,7 +60,8 @@ def pareto_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     lat_front = set(pareto_front([(r["name"], p50_ms(r), r["accuracy"]) for r in eligible]))
     return [{"name": r["name"], "format": r.get("format"), "mode": r.get("mode"),
              "bytes": r.get("bytes"), "gzip_bytes": r["gzip_bytes"], "accuracy": r["accuracy"],
-             "p50_ms": p50_ms(r), "on_size_front": r["name"] in size_front,
+             "p50_ms": p50_ms(r), "size_floor_bytes": r.get("size_floor_bytes"),
+             "top1_agreement": r.get("top1_agreement"), "on_size_front": r["name"] in size_front,
              "on_latency_front": r["name"] in lat_front} for r in rows]
 
 

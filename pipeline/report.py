@@ -51,6 +51,7 @@ def _artifact_row(art, ctx: RunContext) -> dict[str, Any]:
         "sparsity": m.get("sparsity"),
         "accuracy": m.get("accuracy"),
         "top1_agreement": m.get("top1_agreement"),
+        "size_floor_bytes": m.get("size_floor_bytes"),
         "latency": m.get("latency", []),
         "layers": m.get("layers", []),
         "validation": art.meta.get("validation"),
@@ -192,6 +193,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = list(row["cells"])
         cells[0] = f"`{cells[0]}`"
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _pareto_markdown(report)
     lines += ["", "## Latency", "",
               "| artifact | runtime | engine | device | threads | batch | p50 ms | p90 ms | p99 ms | runs |",
               "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -214,6 +216,52 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+PLOT_FILES = ("size_vs_accuracy.png", "latency_vs_accuracy.png")
+
+
+def _pareto_markdown(report: dict[str, Any]) -> list[str]:
+    """The smallest artifact at iso-accuracy, the Pareto table with each artifact's size floor,
+    and links to the plots that write_report puts next to report.md."""
+    from pipeline.plots import pareto_table, smallest_sentence
+
+    lines = ["", "## Size, accuracy and the Pareto frontiers", "", smallest_sentence(report), "",
+             "The size floor is what the weights would need at the least: non-zeros x bits per "
+             "weight (log2 of the number of distinct values plus a codebook, where that is "
+             "cheaper, as for clustered kernels), plus the cheaper of a bitmap or per-non-zero "
+             "indices for the zeros' positions. `x floor` = the file's gzip bytes / the floor. "
+             "Top-1 agreement is with the float Keras baseline on the test set.", "",
+             "| artifact | mode | bytes | gzip bytes | size floor | x floor (gzip) | accuracy "
+             "| top-1 agreement | p50 ms | size frontier | latency frontier |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for p in pareto_table(report):
+        floor = p.get("size_floor_bytes")
+        lines.append(
+            f"| `{p['name']}` | {p.get('mode') or p.get('format')} | {_fmt_bytes(p.get('bytes'))} "
+            f"| {_fmt_bytes(p['gzip_bytes'])} | {_fmt_bytes(floor)} | {_x(_ratio(p['gzip_bytes'], floor))} "
+            f"| {_num(p['accuracy'], '.2%')} | {_num(p.get('top1_agreement'), '.2%')} "
+            f"| {_num(p.get('p50_ms'), '.3f')} | {'yes' if p['on_size_front'] else ''} "
+            f"| {'yes' if p['on_latency_front'] else ''} |")
+    plots = [name for name in PLOT_FILES if name in (report.get("plots") or [])]
+    if plots:
+        lines += [""] + [f"![{name}]({name})" for name in plots]
+    return lines
+
+
+def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, bytes]:
+    """Draw the Pareto plots, write them as PNG files next to the report (atomically) and list
+    them in `report["plots"]`. Returns the PNG bytes by file name, for the HTML report."""
+    from pipeline.plots import plot_pareto
+
+    images = plot_pareto(report)
+    for name, data in images.items():
+        final = Path(out_dir) / name
+        tmp = final.with_name(final.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, final)
+    report["plots"] = sorted(images)
+    return images
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

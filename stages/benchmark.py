@@ -13,7 +13,7 @@ from pipeline.stage import check_count, require
 from benchmarks.accuracy import accuracy, predict_all, top1_agreement
 from benchmarks.measure import file_size, measure_latency
 from benchmarks.runtimes import gpu_devices, open_runtime
-from benchmarks.sparsity import weight_sparsity
+from benchmarks.sparsity import size_floor_bytes, weight_sparsity
 
 RUNTIME_OF = {"keras": "keras", "tflite": "litert", "onnx": "onnxruntime"}
 
@@ -70,6 +70,7 @@ class Benchmark:
 
     def _measure(self, target: Artifact, x, y, reference, gpus) -> dict:
         m = {**file_size(target.path), **weight_sparsity(target.path, target.format)}
+        m["size_floor_bytes"] = size_floor_bytes(m["layers"])
         m["accuracy_runtime"] = RUNTIME_OF[target.format]
         runtime = open_runtime(target.path, target.format, threads=0)
         logits = predict_all(runtime, x)

@@ -10,10 +10,12 @@ from pipeline.stage import check_count, check_fraction, require
 
 from benchmarks.sparsity import weight_sparsity
 from exporters.onnx import export_onnx
+from exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
 from exporters.tflite import export_tflite
 from exporters.validate import check_parity, raise_on_mismatch
 
 FORMATS = ("tflite", "onnx")
+ONNX_INT8 = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,15 @@ class Export:
     A model whose measured weight sparsity is at least `sparse_threshold` also gets a
     TFLite file with sparse weight storage (`Optimize.EXPERIMENTAL_SPARSITY`).
 
+    `onnx_int8` adds int8 ONNX files made from each float ONNX file with onnxruntime's
+    quantization tools: "dynamic" (int8 weights, activations quantized at run time) and "static"
+    (QDQ, calibrated on `calibration_samples` training inputs). An int8 file cannot match float
+    logits to `atol`: it must agree with the Keras model on the top-1 class of at least
+    `min_agreement` of the parity samples.
+
     >>> Export(formats=("tflite",), targets="current")   # only the model in hand
     >>> Export()   # every trained Keras artifact of the run so far: baseline, pruned, ...
+    >>> Export(onnx_int8=("dynamic", "static"))   # + pruned.dynamic.onnx, pruned.static.onnx
     """
 
     name: ClassVar[str] = "export"
@@ -39,8 +48,19 @@ class Export:
     opset: int = 17
     atol: float = 1e-4
     parity_samples: int = 256
+    onnx_int8: tuple[str, ...] = ()
+    calibration_samples: int = 500
+    min_agreement: float = 0.97
 
     def __post_init__(self):
+        bad_int8 = [m for m in self.onnx_int8 if m not in ONNX_INT8]
+        require(isinstance(self.onnx_int8, tuple) and not bad_int8, self.name,
+                f"onnx_int8 must be a subset of {ONNX_INT8}. Received: onnx_int8={self.onnx_int8!r}")
+        require(not self.onnx_int8 or "onnx" in self.formats, self.name,
+                f"onnx_int8 quantizes the float ONNX files: add 'onnx' to formats. "
+                f"Received: formats={self.formats!r}")
+        check_count(self.name, "calibration_samples", self.calibration_samples, minimum=1)
+        check_fraction(self.name, "min_agreement", self.min_agreement, upper_open=False)
         bad = [f for f in self.formats if f not in FORMATS]
         require(bool(self.formats) and not bad, self.name,
                 f"formats must be a non-empty subset of {FORMATS}. Received: formats={self.formats!r}")
@@ -71,8 +91,28 @@ class Export:
                 checks[name] = check
                 outputs.append(ctx.add_file(self, path, name, fmt=fmt, parent=target, meta={
                     "mode": "float32", "sparse_storage": sparse, "validation": check}))
+                if fmt == "onnx":
+                    outputs += self._onnx_int8(path, target, reference, x, ctx, checks)
         raise_on_mismatch(checks)
         return outputs
+
+    def _onnx_int8(self, src, target: Artifact, reference, x, ctx: RunContext, checks) -> list[Artifact]:
+        out = []
+        for mode in self.onnx_int8:
+            name = f"{target.name}.{mode}.onnx"
+            path = ctx.stage_path(name)
+            if mode == "dynamic":
+                quantize_onnx_dynamic(src, path)
+            else:
+                quantize_onnx_static(src, path, ctx.data.x_train[: self.calibration_samples])
+            check = check_parity(reference, path, "onnx", x, atol=self.atol)
+            # Judged on top-1 agreement; max |diff| stays in the record as information.
+            check = {**check, "min_agreement": self.min_agreement,
+                     "passed": check["top1_agreement"] >= self.min_agreement}
+            checks[name] = check
+            out.append(ctx.add_file(self, path, name, fmt="onnx", parent=target, meta={
+                "mode": f"int8-{mode}", "sparse_storage": False, "validation": check}))
+        return out
 
     def _targets(self, art: Artifact, ctx: RunContext) -> list[Artifact]:
         if self.targets == "current":

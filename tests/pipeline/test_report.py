@@ -99,3 +99,21 @@ def test_failed_parity_is_visible(run):
         "mode": "float32", "validation": {"passed": False, "max_abs_diff": 3e-3}})
     md = render_markdown(build_report(run, recipe="d", environment=ENV))
     assert "FAILED (3.0e-03)" in md
+
+
+def test_pareto_section_names_the_smallest_and_the_size_floor(run, tmp_path):
+    from pipeline.report import write_plots
+
+    run.measurements["pruned.sparse.tflite"]["size_floor_bytes"] = 50
+    report = build_report(run, recipe="default", environment=ENV)
+    images = write_plots(report, tmp_path)
+    md = render_markdown(report)
+    section = md.split("## Size, accuracy and the Pareto frontiers")[1].split("\n## ")[0]
+    # pruned.sparse.tflite: 150 gzip bytes at 0.895 (-0.5 points) is the smallest within 0.5.
+    assert "pruned.sparse.tflite, 150 bytes gzipped (4.67x smaller than trained.tflite" in section
+    row = next(line for line in section.splitlines() if line.startswith("| `pruned.sparse.tflite`"))
+    assert "| 50 | 3.00x |" in row and row.rstrip().endswith("| yes |  |")
+    assert set(images) == {"size_vs_accuracy.png", "latency_vs_accuracy.png"} == set(report["plots"])
+    for name in images:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{name}]({name})" in section

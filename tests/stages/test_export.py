@@ -1,0 +1,82 @@
+"""The export stage: float files match Keras to atol, sparse models also get sparse TFLite
+storage, and onnx_int8 adds int8 ONNX files that really hold int8 weights and agree with Keras."""
+import numpy as np
+import onnx
+import pytest
+
+from pipeline.artifacts import make_artifact
+from pipeline.context import RunContext
+from pipeline.errors import ConfigError
+from pipeline.kerasio import save_keras
+from stages.export import Export
+from stages.train import Train
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    tmp = tmp_path_factory.mktemp("trained")
+    ctx = RunContext(data=tiny_data, out_dir=tmp)
+    src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
+                        kind="keras", stage="source", config={}, parent=None)
+    ctx.stage_dir = tmp / "train"
+    return Train(epochs=3).run(src, ctx)[0]
+
+
+def _run(stage, art, tmp_path, tiny_data):
+    ctx = RunContext(data=tiny_data, out_dir=tmp_path)
+    ctx.artifacts.append(art)
+    ctx.baseline = art.name
+    ctx.stage_dir = tmp_path / "export"
+    return {a.name: a for a in stage.run(art, ctx)}
+
+
+def _initializer_types(path):
+    return {onnx.TensorProto.DataType.Name(t.data_type) for t in onnx.load(str(path)).graph.initializer
+            if len(t.dims) >= 2}
+
+
+def test_onnx_int8_files_hold_int8_weights_and_agree_with_keras(trained, tmp_path, tiny_data):
+    arts = _run(Export(onnx_int8=("dynamic", "static"), calibration_samples=64), trained,
+                tmp_path, tiny_data)
+    assert set(arts) == {"trained.tflite", "trained.onnx", "trained.dynamic.onnx", "trained.static.onnx"}
+    assert _initializer_types(arts["trained.onnx"].path) == {"FLOAT"}
+    for mode in ("dynamic", "static"):
+        art = arts[f"trained.{mode}.onnx"]
+        assert art.meta["mode"] == f"int8-{mode}" and art.parent == "trained"
+        assert _initializer_types(art.path) & {"INT8", "UINT8"}
+        assert "FLOAT" not in _initializer_types(art.path)
+        check = art.meta["validation"]
+        assert check["passed"] and check["top1_agreement"] >= 0.97
+        assert art.path.stat().st_size < arts["trained.onnx"].path.stat().st_size
+    ops = {n.op_type for n in onnx.load(str(arts["trained.static.onnx"].path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_sparse_model_also_gets_sparse_tflite_storage(trained, tmp_path, tiny_data):
+    from pipeline.kerasio import clone_with_weights, load_keras
+
+    model = clone_with_weights(load_keras(trained.path))
+    layer = model.get_layer("dense")
+    kernel, bias = layer.get_weights()
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.9)] = 0
+    layer.set_weights([kernel, bias])
+    sparse = make_artifact("sparse", save_keras(model, tmp_path / "sparse.h5"), fmt="keras",
+                           kind="keras", stage="strip", config={}, parent=trained)
+    arts = _run(Export(formats=("tflite",), targets="current", sparse_threshold=0.5), sparse,
+                tmp_path, tiny_data)
+    assert set(arts) == {"sparse.tflite", "sparse.sparse.tflite"}
+    assert arts["sparse.sparse.tflite"].meta["sparse_storage"]
+    assert arts["sparse.sparse.tflite"].path.stat().st_size < arts["sparse.tflite"].path.stat().st_size
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"onnx_int8": ("static", "fp8")}, "onnx_int8 must be a subset"),
+    ({"onnx_int8": ("dynamic",), "formats": ("tflite",)}, "add 'onnx' to formats"),
+    ({"calibration_samples": 0}, "calibration_samples must be an integer >= 1"),
+    ({"min_agreement": 1.5}, "min_agreement must be in"),
+    ({"formats": ("tflite", "coreml")}, "formats must be a non-empty subset"),
+])
+def test_bad_parameters_are_refused_when_built(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Export(**kwargs)
