@@ -13,6 +13,12 @@ A TOML recipe looks like::
     [[stages]]
     stage = "prune"
     final_sparsity = 0.8
+    [[stages]]
+    stage = "structured_prune"
+    input = "train"          # branch: start from what step 'train' left, not from 'prune'
+
+A step works on the model the step before it left current, or, with `input = "STEP"`, on the
+model that the earlier step named STEP left current ("source" is the model the run starts from).
 
 Everything is validated before anything runs: stage types exist, step names are unique,
 parameters are known and valid, and each stage accepts the kind of model the one before it
@@ -36,6 +42,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 class Step:
     name: str  # unique in the recipe; its outputs go to OUT/NN-name/
     stage: Any  # a Stage instance
+    input: str | None = None  # an earlier step whose current model this one starts from
 
 
 @dataclass(frozen=True)
@@ -109,9 +116,13 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
     steps, seen = [], set()
     for i, entry in enumerate(entries, 1):
         step = _build_step(i, dict(entry), registry, overrides or {})
-        if step.name in seen:
-            raise ConfigError(f"recipe step {i}: name {step.name!r} is used twice; give each "
+        if step.name in seen or step.name == "source":
+            raise ConfigError(f"recipe step {i}: name {step.name!r} is "
+                              f"{'reserved' if step.name == 'source' else 'used twice'}; give each "
                               "step a unique 'name'")
+        if step.input is not None and step.input not in seen | {"source"}:
+            raise ConfigError(f"recipe step {i} '{step.name}': input {step.input!r} names no earlier "
+                              f"step; expected one of {', '.join(['source', *seen])}")
         seen.add(step.name)
         steps.append(step)
     recipe = Recipe(name=str(data.get("name", "recipe")), steps=tuple(steps),
@@ -129,6 +140,10 @@ def _build_step(index: int, entry: dict[str, Any], registry, overrides) -> Step:
         raise ConfigError(f"recipe step {index}: unknown stage {kind!r}; known stages: "
                           f"{', '.join(registry)}.{_suggest(kind, registry)}")
     name = str(entry.pop("name", kind))
+    source = entry.pop("input", None)
+    if source is not None and not isinstance(source, str):
+        raise ConfigError(f"stage '{name}' ({kind}): input must be the name of an earlier step. "
+                          f"Received: input={source!r}")
     entry.update(overrides.get(kind, {}))
     cls = registry[kind]
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -138,7 +153,7 @@ def _build_step(index: int, entry: dict[str, Any], registry, overrides) -> Step:
                               f"{', '.join(sorted(fields)) or 'none'}.{_suggest(key, fields)}")
     params = {k: tuple(_tuplify(v)) if isinstance(v, list) else v for k, v in entry.items()}
     try:
-        return Step(name=name, stage=cls(**params))
+        return Step(name=name, stage=cls(**params), input=source)
     except TypeError as exc:  # e.g. a wrong type that __post_init__ did not anticipate
         raise ConfigError(f"stage '{name}' ({kind}): bad parameters: {exc}") from None
 
@@ -149,8 +164,9 @@ def _tuplify(value: list) -> list:
 
 def check_chain(recipe: Recipe, start_kind: str = "keras") -> None:
     """Each stage must accept the kind of model the stages before it leave current."""
-    current = start_kind
+    current, after = start_kind, {"source": start_kind}
     for i, step in enumerate(recipe.steps, 1):
+        current = after[step.input] if step.input else current
         accepts = step.stage.accepts
         if current not in accepts:
             raise ConfigError(
@@ -158,3 +174,4 @@ def check_chain(recipe: Recipe, start_kind: str = "keras") -> None:
                 f"receive a {current} model: reorder the stages (e.g. 'strip' after 'prune')")
         if step.stage.produces is not None:
             current = step.stage.produces
+        after[step.name] = current

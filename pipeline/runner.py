@@ -68,8 +68,9 @@ def save_source(ctx: RunContext, model, *, spec: str, width: float, trained: boo
 def run_recipe(recipe: Recipe, source: Artifact, ctx: RunContext,
                log: Callable[[str], None] = print, cache: bool = True) -> Artifact:
     """Run every step in order; returns the artifact that is current at the end."""
-    current, total = source, len(recipe)
+    current, total, after = source, len(recipe), {"source": source}
     for i, step in enumerate(recipe, 1):
+        current = after[step.input] if step.input else current
         label = f"{i:02d}-{step.name}"
         started = time.perf_counter()
         key = step_key(ctx, step.name, step.stage, current=current)
@@ -86,6 +87,7 @@ def run_recipe(recipe: Recipe, source: Artifact, ctx: RunContext,
         log(f"[slimpipe] ({i} of {total}) {step.name} {verb}: {made}")
         if step.stage.produces is not None:
             current = next((a for a in outputs if a.kind == step.stage.produces), current)
+        after[step.name] = current
     return current
 
 

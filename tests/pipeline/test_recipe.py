@@ -47,6 +47,11 @@ def test_toml_file_and_lists_become_tuples(tmp_path):
     (recipe({"epochs": 3}), r"has no 'stage' key"),
     ({"name": "t", "stages": []}, r"no stages"),
     (recipe({"stage": "train"}, extra=1), r"unknown top-level keys \['extra'\]"),
+    (recipe({"stage": "train", "input": "prune"}, {"stage": "prune"}), r"input 'prune' names no earlier step"),
+    (recipe({"stage": "train", "input": 3}), r"input must be the name of an earlier step"),
+    (recipe({"stage": "train", "name": "source"}), r"name 'source' is reserved"),
+    (recipe({"stage": "prune"}, {"stage": "strip"}, {"stage": "strip", "name": "again", "input": "strip"}),
+     r"'again' accepts keras:pruning models but would receive a keras model"),
 ])
 def test_bad_recipes_are_refused(data, match):
     with pytest.raises(ConfigError, match=match):
@@ -67,3 +72,10 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("[[stages]\nstage=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_recipe(bad, STAGES)
+
+
+def test_input_branches_from_an_earlier_step():
+    r = build_recipe(recipe({"stage": "train"}, {"stage": "prune"}, {"stage": "strip"},
+                            {"stage": "prune", "name": "prune_again", "input": "train"},
+                            {"stage": "strip", "name": "strip_again"}), STAGES)
+    assert [(s.name, s.input) for s in r][3] == ("prune_again", "train")

@@ -141,3 +141,15 @@ def test_no_cache_runs_everything(ctx, tiny_model):
     run_recipe(recipe, save_source(again, tiny_model, spec="tiny", width=1.0, trained=False,
                                    cache=False), again, log=lambda s: None, cache=False)
     assert [t["reused"] for t in again.stage_timings] == [False]
+
+
+def test_a_step_with_input_branches_from_that_step(ctx, tiny_model):
+    seen = []
+    recipe = Recipe("t", (Step("a", Double("a1")), Step("b", Double("b1")),
+                          Step("c", Double("c1"), input="a"), Step("side", Leaf(seen)),
+                          Step("d", Double("d1"), input="source")))
+    final = run_recipe(recipe, _source(ctx, tiny_model), ctx, log=lambda s: None)
+    by_name = {a.name: a for a in ctx.artifacts}
+    assert by_name["b1"].parent == "a1" and by_name["c1"].parent == "a1"
+    assert seen == ["c1"]  # the step after a branch works on the branch's result
+    assert final.name == "d1" and final.parent == "source"
