@@ -28,6 +28,8 @@ class Prune:
     sparsity); `frequency=None` updates the masks >= 25 times in that window. tfmot's own
     default (every 100 steps) prunes nothing on small data. `sparsity_m_by_n=(2, 4)` zeroes 2 of
     every 4 consecutive input-channel weights, and then the schedule's sparsities are unused.
+    `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
+    layer of a CNN usually takes far more pruning than its convs).
     Put `strip` after this stage to get a plain Keras model.
     """
 
@@ -47,9 +49,20 @@ class Prune:
     block_size: tuple[int, int] = (1, 1)
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
+    layer_sparsity: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         n = self.name
+        if isinstance(self.layer_sparsity, dict):  # a TOML inline table {fc1 = 0.95}
+            object.__setattr__(self, "layer_sparsity", tuple(sorted(self.layer_sparsity.items())))
+        require(isinstance(self.layer_sparsity, tuple) and all(
+            isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) for e in self.layer_sparsity), n,
+            f"layer_sparsity must map layer names to sparsities, e.g. {{fc1 = 0.95}}. "
+            f"Received: layer_sparsity={self.layer_sparsity!r}")
+        for layer, value in self.layer_sparsity:
+            check_fraction(n, f"layer_sparsity[{layer!r}]", value)
+            require(value >= self.initial_sparsity, n, f"layer_sparsity[{layer!r}] must be >= initial_sparsity="
+                    f"{self.initial_sparsity}. Received: {value!r}")
         # Recipes arrive as TOML/JSON lists; tuples keep the dataclass hashable and frozen.
         for f in ("block_size", "sparsity_m_by_n", "layers"):
             if isinstance(getattr(self, f), list):
@@ -92,16 +105,20 @@ class Prune:
         steps = self.epochs * steps_per_epoch(ctx, self.batch_size)
         end_step, frequency = self._window(steps)
         sched = tfmot.sparsity.keras
-        if self.schedule == "polynomial":
-            schedule = sched.PolynomialDecay(self.initial_sparsity, self.final_sparsity,
-                                             self.begin_step, end_step, frequency=frequency)
-        else:
-            schedule = sched.ConstantSparsity(self.final_sparsity, self.begin_step, end_step, frequency)
-        params = {"pruning_schedule": schedule, "block_size": self.block_size,
-                  "sparsity_m_by_n": self.sparsity_m_by_n}
+        finals = dict(self.layer_sparsity)
+
+        def schedule(final):
+            if self.schedule == "polynomial":
+                return sched.PolynomialDecay(self.initial_sparsity, final, self.begin_step, end_step,
+                                             frequency=frequency)
+            return sched.ConstantSparsity(final, self.begin_step, end_step, frequency)
 
         def wrap(layer):
-            return sched.prune_low_magnitude(layer, **params) if layer.name in targets else layer
+            if layer.name not in targets:
+                return layer
+            return sched.prune_low_magnitude(
+                layer, pruning_schedule=schedule(finals.get(layer.name, self.final_sparsity)),
+                block_size=self.block_size, sparsity_m_by_n=self.sparsity_m_by_n)
 
         # Wrap a private copy: prune_low_magnitude wraps the very layer objects it is given.
         with tfmot_scope():
@@ -110,15 +127,20 @@ class Prune:
             learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()])
 
         achieved, per_layer = _pruned_sparsity(collect_prunable_layers(model))
-        target = (self.sparsity_m_by_n[0] / self.sparsity_m_by_n[1] if self.sparsity_m_by_n
-                  else self.final_sparsity)
+        if self.sparsity_m_by_n:
+            target = self.sparsity_m_by_n[0] / self.sparsity_m_by_n[1]
+        else:  # the weighted mean of the layers' targets
+            sizes = {w.layer.name: sum(int(np.size(v)) for v, _m, _t in w.pruning_vars)
+                     for w in collect_prunable_layers(model)}
+            target = sum(n * finals.get(name, self.final_sparsity) for name, n in sizes.items()) / max(
+                sum(sizes.values()), 1)
         if achieved < target - WARN_GAP:
             ctx.note(f"prune: achieved sparsity {achieved:.3f} is below the target {target:.3f} "
                      f"({steps} fine-tune steps, masks updated every {frequency} steps up to step "
                      f"{end_step}); raise epochs or lower frequency"
                      + (", and note that m:n pruning needs >= n input channels per layer"
                         if self.sparsity_m_by_n else ""))
-        meta = {"target_sparsity": target, "achieved_sparsity": round(achieved, 4),
+        meta = {"target_sparsity": round(target, 4), "achieved_sparsity": round(achieved, 4),
                 "layers": per_layer, "frequency": frequency, "end_step": end_step, "steps": steps}
         return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
 
@@ -135,7 +157,12 @@ class Prune:
         if left:
             ctx.note(f"prune: block_size={self.block_size} left {', '.join(left)} dense: "
                      "tfmot's block sparsity needs 2-D kernels larger than the block")
-        return set(self.layers or prunable)
+        targets = set(self.layers or prunable)
+        stray = [name for name, _ in self.layer_sparsity if name not in targets]
+        if stray:
+            raise ConfigError(f"stage 'prune': layer_sparsity names {stray!r}, which this stage does not "
+                              f"prune; expected some of {', '.join(sorted(targets))}: fix the names")
+        return targets
 
     def _window(self, steps: int) -> tuple[int, int]:
         """The last mask-update step and the update interval, checked against the data."""

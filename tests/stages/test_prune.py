@@ -105,6 +105,19 @@ def test_only_listed_layers_are_pruned(ctx, trained):
     assert out.meta["layers"].keys() == {"dense"}
 
 
+def test_layer_sparsity_gives_a_layer_its_own_target(ctx, trained):
+    [out] = run(Prune(final_sparsity=0.5, layer_sparsity={"dense": 0.9}), trained, ctx)
+    kernels = stripped_kernels(out)
+    assert abs(np.mean(kernels["dense"] == 0) - 0.9) <= 0.03
+    assert abs(np.mean(kernels["conv"] == 0) - 0.5) <= 0.05
+    sizes = {name: k.size for name, k in kernels.items()}
+    expected = (0.9 * sizes["dense"] + 0.5 * (sizes["conv"] + sizes["logits"])) / sum(sizes.values())
+    assert out.meta["target_sparsity"] == pytest.approx(expected, abs=1e-3)
+    assert abs(out.meta["achieved_sparsity"] - expected) <= 0.03
+    with pytest.raises(ConfigError, match=r"layer_sparsity names \['pool'\]"):
+        run(Prune(layer_sparsity={"pool": 0.9}), trained, ctx)
+
+
 @pytest.mark.parametrize("layers", [("dense", "nope"), ("pool",)])
 def test_unknown_or_unprunable_layer_names_list_the_prunable_ones(ctx, trained, layers):
     with pytest.raises(ConfigError, match=r"prunable layers \(conv, dense, logits\)"):
@@ -168,6 +181,9 @@ def test_begin_step_after_the_pruning_window(ctx, trained):
     ({"sparsity_m_by_n": (4, 2)}, r"sparsity_m_by_n must be \(m, n\)"),
     ({"sparsity_m_by_n": (2, 4), "block_size": (1, 4)}, "either block_size or sparsity_m_by_n"),
     ({"layers": "dense"}, "layers must be a list of layer names"),
+    ({"layer_sparsity": {"dense": 1.2}}, r"layer_sparsity\['dense'\] must be in \[0, 1\)"),
+    ({"layer_sparsity": ["dense"]}, "layer_sparsity must map layer names to sparsities"),
+    ({"initial_sparsity": 0.5, "layer_sparsity": {"dense": 0.3}}, "must be >= initial_sparsity"),
 ])
 def test_bad_parameters_raise_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
