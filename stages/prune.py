@@ -10,7 +10,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights, tfmot_scope
 from pipeline.stage import check_count, check_fraction, require
-from stages._fit import check_learning_rate, fit, steps_per_epoch
+from stages._fit import check_learning_rate, check_lr_decay, fit, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
 WARN_GAP = 0.05  # achieved sparsity this far below the target gets a note in the report
@@ -46,6 +46,7 @@ class Prune:
     epochs: int = 2
     batch_size: int = 64
     learning_rate: float = 1e-3
+    lr_decay: str = "constant"
     block_size: tuple[int, int] = (1, 1)
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
@@ -84,6 +85,7 @@ class Prune:
         check_count(n, "epochs", self.epochs, minimum=1)
         check_count(n, "batch_size", self.batch_size, minimum=1)
         check_learning_rate(n, self.learning_rate)
+        check_lr_decay(n, self.lr_decay)
         require(_int_pair(self.block_size) and min(self.block_size) >= 1, n,
                 f"block_size must be two integers >= 1, e.g. (1, 4). Received: block_size={self.block_size!r}")
         mn = self.sparsity_m_by_n
@@ -124,7 +126,7 @@ class Prune:
         with tfmot_scope():
             model = keras.models.clone_model(clone_with_weights(source), clone_function=wrap)
         fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()])
+            learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()], lr_decay=self.lr_decay)
 
         achieved, per_layer = _pruned_sparsity(collect_prunable_layers(model))
         if self.sparsity_m_by_n:

@@ -7,7 +7,7 @@ from typing import ClassVar
 from pipeline.artifacts import Artifact
 from pipeline.kerasio import clone_with_weights
 from pipeline.stage import check_count, require
-from stages._fit import check_learning_rate, fit
+from stages._fit import check_learning_rate, check_lr_decay, fit
 
 IF_TRAINED = ("skip", "continue")
 
@@ -32,11 +32,13 @@ class Train:
     batch_size: int = 64
     learning_rate: float = 1e-3
     if_trained: str = "skip"
+    lr_decay: str = "constant"
 
     def __post_init__(self):
         check_count(self.name, "epochs", self.epochs, minimum=0)
         check_count(self.name, "batch_size", self.batch_size, minimum=1)
         check_learning_rate(self.name, self.learning_rate)
+        check_lr_decay(self.name, self.lr_decay)
         require(self.if_trained in IF_TRAINED, self.name,
                 f"if_trained must be one of {', '.join(map(repr, IF_TRAINED))}. "
                 f"Received: if_trained={self.if_trained!r}")
@@ -53,7 +55,7 @@ class Train:
         meta = {"epochs": self.epochs, "trained": True}
         if self.epochs > 0:
             history = fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
-                          learning_rate=self.learning_rate).history
+                          learning_rate=self.learning_rate, lr_decay=self.lr_decay).history
             meta["train_accuracy"] = float(history["accuracy"][-1])
             meta["train_loss"] = float(history["loss"][-1])
         else:

@@ -80,6 +80,7 @@ def test_zero_epochs_copies_the_model(ctx, tiny_model):
     ({"learning_rate": 0}, "learning_rate must be a number > 0"),
     ({"learning_rate": "fast"}, "learning_rate must be a number > 0"),
     ({"if_trained": "maybe"}, "if_trained must be one of 'skip', 'continue'. Received: if_trained='maybe'"),
+    ({"lr_decay": "step"}, "lr_decay must be one of 'constant', 'cosine'. Received: lr_decay='step'"),
 ])
 def test_bad_parameters_raise_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -100,3 +101,22 @@ def test_loss_matches_the_output_layer():
     assert output_is_probabilities(model(keras.layers.Dense(2), keras.layers.Softmax()))
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(keras.layers.Dense(2, activation="softmax"))
     assert output_is_probabilities(model(wrapped))
+
+
+def test_cosine_decay_anneals_the_learning_rate_to_zero(ctx, tiny_model):
+    from stages._fit import fit, steps_per_epoch
+
+    model = tiny_model
+    fit(model, ctx, epochs=2, batch_size=64, learning_rate=1e-3, lr_decay="cosine")
+    steps = 2 * steps_per_epoch(ctx, 64)
+    assert int(model.optimizer.iterations.numpy()) == steps
+    # The optimizer's current rate: annealed to 0 after the last step (a constant one stays 1e-3).
+    assert float(model.optimizer.learning_rate) < 1e-3 / 50
+    [out] = run(Train(epochs=2, lr_decay="cosine"), source(ctx, make_tiny()), ctx, "train")
+    assert accuracy(load_keras(out.path), ctx.data) > 0.9
+
+
+def make_tiny():
+    from tests.conftest import make_tiny_model
+
+    return make_tiny_model()
