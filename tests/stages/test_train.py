@@ -112,7 +112,7 @@ def test_cosine_decay_anneals_the_learning_rate_to_zero(ctx, tiny_model):
     assert int(model.optimizer.iterations.numpy()) == steps
     # The optimizer's current rate: annealed to 0 after the last step (a constant one stays 1e-3).
     assert float(model.optimizer.learning_rate) < 1e-3 / 50
-    [out] = run(Train(epochs=2, lr_decay="cosine"), source(ctx, make_tiny()), ctx, "train")
+    [out] = run(Train(epochs=5, lr_decay="cosine"), source(ctx, make_tiny()), ctx, "train")
     assert accuracy(load_keras(out.path), ctx.data) > 0.9
 
 
