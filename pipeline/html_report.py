@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.plots import pareto_table, smallest_sentence
-from pipeline.report import _fmt_bytes, sparsity_and_speed, table_rows
+from pipeline.report import _fmt_bytes, _ratio, _x, sparsity_and_speed, table_rows
 
 ALT = {
     "size_vs_accuracy.png": "Gzip size (KB, log scale) against accuracy for every artifact, "
@@ -91,8 +91,10 @@ def _pareto_rows(report) -> list[list[str]]:
     yes = lambda b: '<span class="ok">yes</span>' if b else "–"  # noqa: E731
     return [[f"<code>{_e(p['name'])}</code>", _e(p["format"]), _e(p["mode"]),
              _e(_fmt_bytes(p["bytes"])), _e(_fmt_bytes(p["gzip_bytes"])),
-             _e(_num(p["accuracy"], ".2%")), _e(_num(p["p50_ms"], ".3f")),
-             yes(p["on_size_front"]), yes(p["on_latency_front"])]
+             _e(_fmt_bytes(p.get("size_floor_bytes"))),
+             _e(_x(_ratio(p["gzip_bytes"], p.get("size_floor_bytes")))),
+             _e(_num(p["accuracy"], ".2%")), _e(_num(p.get("top1_agreement"), ".2%")),
+             _e(_num(p["p50_ms"], ".3f")), yes(p["on_size_front"]), yes(p["on_latency_front"])]
             for p in pareto_table(report)]
 
 
@@ -167,9 +169,9 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
         "<h2>Pareto frontier</h2>",
         _table("pareto", "Artifacts on the size (gzip bytes) and latency (p50) frontiers "
                "against accuracy; exports that failed parity are never on a frontier",
-               ["artifact", "format", "mode", "bytes", "gzip bytes", "accuracy", "p50 ms",
-                "on size frontier", "on latency frontier"], _pareto_rows(report),
-               numeric={3, 4, 5, 6}),
+               ["artifact", "format", "mode", "bytes", "gzip bytes", "size floor",
+                "x floor (gzip)", "accuracy", "top-1 agreement", "p50 ms", "on size frontier",
+                "on latency frontier"], _pareto_rows(report), numeric=set(range(3, 10))),
         "<h2>Sparsity and speed</h2>", "<ul>",
     ]
     parts += [f"<li>{_e(s.get('sentence'))}</li>" for s in sentences] or [
