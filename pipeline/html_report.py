@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.plots import pareto_table, smallest_sentence
-from pipeline.report import _fmt_bytes, _ratio, _x, sparsity_and_speed, table_rows
+from pipeline.report import _fmt_bytes, _ratio, _x, sparse_kernels, sparsity_and_speed, table_rows
 
 ALT = {
     "size_vs_accuracy.png": "Gzip size (KB, log scale) against accuracy for every artifact, "
@@ -119,6 +119,35 @@ def _tree(report) -> str:
     return branch(None, frozenset()) or '<p class="muted">no artifacts</p>'
 
 
+def _sparse_kernel_parts(report) -> list[str]:
+    """Dense- against sparse-kernel ratios and per-layer eligibility labels, as in report.md."""
+    entries = report.get("sparse_kernels")
+    if entries is None:
+        entries = sparse_kernels(report)
+    if not entries:
+        return []
+    parts = [_table("sparse-kernels", "Speed against the dense baseline at 1 thread, batch 1, "
+                    "with dense kernels and with a sparse kernel (csr-reference: the runtime has "
+                    "no sparse path for the file; a CSR kernel on the pruned weights stands in)",
+                    ["artifact", "sparsity", "dense-kernel ratio", "sparse-kernel ratio",
+                     "sparse kernel", "latency-eligible", "size-only", "dense"],
+                    [[f"<code>{_e(e['artifact'])}</code>", _e(_num(e.get("sparsity"), ".1%")),
+                      _e(_x(e.get("dense_kernel_ratio"))), _e(_x(e.get("sparse_kernel_ratio"))),
+                      _e(e.get("sparse_kernel_source"))] +
+                     [_e((e.get("labels") or {}).get(k, 0))
+                      for k in ("latency-eligible", "size-only", "dense")] for e in entries],
+                    numeric={1, 2, 3, 5, 6, 7}), "<ul>"]
+    parts += [f"<li>{_e(e.get('sentence'))}</li>" for e in entries] + ["</ul>"]
+    for e in entries:
+        parts.append(_table(f"layers-{_e(e['artifact'])}", f"Layers of {e['artifact']}",
+                            ["layer", "op", "weights", "zeros", "label", "why"],
+                            [[f"<code>{_e(l['name'].split(';')[0])}</code>", _e(l["op"]),
+                              _e(l["weights_dtype"]),
+                              _e(_num(l.get("sparsity"), ".0%")), f"<b>{_e(l['label'])}</b>",
+                              _e(l["reason"])] for l in e.get("layers") or []], numeric={3}))
+    return parts
+
+
 def _environment(env: Mapping[str, Any]) -> list[list[str]]:
     def show(value):
         if isinstance(value, Mapping):
@@ -176,7 +205,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
     ]
     parts += [f"<li>{_e(s.get('sentence'))}</li>" for s in sentences] or [
         "<li>No sparse exported artifact was measured in this run.</li>"]
-    parts += ["</ul>", "<h2>Lineage</h2>"]
+    parts += ["</ul>", *_sparse_kernel_parts(report), "<h2>Lineage</h2>"]
     stage_rows = []
     for s in report.get("stages") or []:
         made = [r["name"] for r in rows if r.get("stage") == s.get("stage")]

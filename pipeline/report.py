@@ -32,6 +32,7 @@ def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -
         "notes": list(ctx.notes),
     }
     report["sparsity_and_speed"] = sparsity_and_speed(report)
+    report["sparse_kernels"] = sparse_kernels(report)
     return report
 
 
@@ -54,6 +55,8 @@ def _artifact_row(art, ctx: RunContext) -> dict[str, Any]:
         "size_floor_bytes": m.get("size_floor_bytes"),
         "latency": m.get("latency", []),
         "layers": m.get("layers", []),
+        "eligibility": m.get("eligibility"),
+        "sparse_kernel": m.get("sparse_kernel"),
         "validation": art.meta.get("validation"),
         "mode": art.meta.get("mode"),
         "sparse_storage": art.meta.get("sparse_storage", False),
@@ -72,15 +75,20 @@ def reference_for(row: dict[str, Any], rows: list[dict[str, Any]], baseline: str
                  and not r["sparse_storage"] and r["mode"] in (None, "float32")), None)
 
 
-def _latency(row, runtime: str, threads: int, batch: int, device: str = "cpu"):
+def _latency(row, runtime: str, threads: int, batch: int, device: str = "cpu",
+             resolver: str = "default"):
+    """A latency row; LiteRT rows also match on `resolver` ("builtin": the builtin kernels
+    without the default XNNPACK delegate; rows without the field are "default")."""
     return next((l for l in row.get("latency", []) if l["runtime"] == runtime and
-                 l["threads"] == threads and l["batch"] == batch and l["device"] == device), None)
+                 l["threads"] == threads and l["batch"] == batch and l["device"] == device
+                 and l.get("resolver", "default") == resolver), None)
 
 
 def speedup(row, ref, point: dict[str, Any]) -> float | None:
     """ref p50 / row p50 at the same runtime, device, threads and batch."""
-    mine = _latency(row, point["runtime"], point["threads"], point["batch"], point["device"])
-    theirs = _latency(ref, point["runtime"], point["threads"], point["batch"], point["device"])
+    where = (point["runtime"], point["threads"], point["batch"], point["device"],
+             point.get("resolver", "default"))
+    mine, theirs = _latency(row, *where), _latency(ref, *where)
     if not mine or not theirs or not mine["p50_ms"]:
         return None
     return theirs["p50_ms"] / mine["p50_ms"]
@@ -104,7 +112,8 @@ def sparsity_and_speed(report: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({
                 "artifact": row["name"], "reference": ref["name"], "sparsity": row["sparsity"],
                 "sparse_storage": row["sparse_storage"], "runtime": point["runtime"],
-                "engine": point.get("engine"), "device": point["device"],
+                "engine": point.get("engine"), "resolver": point.get("resolver"),
+                "device": point["device"],
                 "threads": point["threads"], "batch": point["batch"], "speedup": ratio,
                 "bytes_ratio": _ratio(ref["bytes"], row["bytes"]),
                 "gzip_ratio": _ratio(ref["gzip_bytes"], row["gzip_bytes"]),
@@ -130,6 +139,100 @@ def _sentence(row, ref, point, ratio) -> str:
     return f"{head}: {verdict}; {storage}."
 
 
+SOURCES = {"default": "the runtime's default engine", "builtin": "LiteRT's builtin kernels, "
+           "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "xnnpack": "LiteRT's XNNPACK sparse inference",
+           "csr-reference": "a CSR reference kernel (scipy, 1 thread, batch 1) on the pruned "
+           "Keras weights"}
+
+
+def sparse_kernels(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each sparse exported artifact: its dense-kernel ratio, its sparse-kernel ratio (with
+    what measured it) and its per-layer eligibility labels, plus one sentence built from them.
+
+    All ratios are speeds against the dense baseline in the same format at 1 thread, batch 1.
+    The sparse kernel is the one the labels say this file can use: the builtin resolver when a
+    sparse FULLY_CONNECTED is latency-eligible (the dense-kernel ratio is then that of the same
+    weights stored dense, the sibling export), XNNPACK when a 1x1 conv is (the builtin run is
+    then the dense-kernel one); with no latency-eligible layer the runtime has no sparse path
+    for the file, and the CSR reference on the parent Keras model's weights stands in.
+    """
+    rows, out = report["artifacts"], []
+    by_name = {r["name"]: r for r in rows}
+    for row in rows:
+        ref = reference_for(row, rows, report["baseline"])
+        if row["format"] == "keras" or ref is None or ref is row or (row["sparsity"] or 0) < SPARSE:
+            continue
+        layers = (row.get("eligibility") or {}).get("layers") or []
+        default, default_engine = _ratio_at(row, ref, "default")
+        builtin, _ = _ratio_at(row, ref, "builtin")
+        parent = (by_name.get(row["parent"]) or {}).get("sparse_kernel") or {}
+        eligible = [l for l in layers if l["label"] == "latency-eligible"]
+        dense_row = row
+        if any(l["sparse_fc_block"] for l in eligible):
+            # XNNPACK leaves sparse FC weights to the builtin kernel, so both engines run it
+            # sparse on this file: the dense kernels ran on the same weights stored dense.
+            sparse_src, sparse = "builtin", builtin
+            dense_row = next((r for r in rows if r is not row and r["parent"] == row["parent"]
+                              and r["format"] == row["format"] and not r["sparse_storage"]
+                              and r["mode"] == row["mode"]), row)
+            dense_src = "builtin" if _ratio_at(dense_row, ref, "builtin")[0] else "default"
+            dense, engine = _ratio_at(dense_row, ref, dense_src) if dense_row is not row else (None, None)
+        elif eligible:
+            sparse_src, sparse, dense_src = "xnnpack", default, "builtin"
+            dense, engine = builtin, "builtin"
+        else:
+            sparse_src, sparse, dense_src = "csr-reference", parent.get("ratio"), "default"
+            dense, engine = default, default_engine
+        entry = {"artifact": row["name"], "reference": ref["name"], "sparsity": row["sparsity"],
+                 "dense_kernel_ratio": dense, "dense_kernel_source": dense_src,
+                 "dense_kernel_artifact": dense_row["name"], "dense_kernel_engine": engine,
+                 "sparse_kernel_ratio": sparse, "sparse_kernel_source": sparse_src,
+                 "default_ratio": default, "builtin_ratio": builtin,
+                 "csr_reference_ratio": parent.get("ratio"), "csr_flop_ratio": parent.get("flop_ratio"),
+                 "labels": {k: sum(l["label"] == k for l in layers)
+                            for k in ("latency-eligible", "size-only", "dense")},
+                 "layers": [{k: l[k] for k in ("name", "op", "weights_dtype", "sparsity",
+                                               "sparse_storage", "densify", "label", "reason")}
+                            for l in layers]}
+        entry["sentence"] = _kernel_sentence(entry)
+        out.append(entry)
+    return out
+
+
+def _ratio_at(row, ref, resolver: str) -> tuple[float | None, str | None]:
+    """Speed against ref at 1 thread, batch 1 on the CPU with this LiteRT resolver (any other
+    runtime: its only row), and the engine that ran it."""
+    point = point_1x1(row) if resolver == "default" else _latency(row, "litert", 1, 1, resolver=resolver)
+    return (speedup(row, ref, point), point.get("engine")) if point else (None, None)
+
+
+def _kernel_sentence(e: dict[str, Any]) -> str:
+    lab, n = e["labels"], sum(e["labels"].values())
+    dense_where = (e["dense_kernel_engine"] or "the default engine"
+                   if e["dense_kernel_source"] == "default" else SOURCES[e["dense_kernel_source"]])
+    if e["dense_kernel_artifact"] != e["artifact"]:
+        dense_where += f", on {e['dense_kernel_artifact']}: the same weights stored dense"
+    head = (f"{e['artifact']} ({e['sparsity']:.0%} zeros): {lab['latency-eligible']} of {n} weight "
+            f"layers latency-eligible, {lab['size-only']} size-only; with dense kernels "
+            f"({dense_where}) it runs at {_x(e['dense_kernel_ratio'])} the speed of {e['reference']}")
+    sparse = e["sparse_kernel_ratio"]
+    if e["sparse_kernel_source"] == "csr-reference":
+        tail = ("; this runtime has no sparse kernel for any of its layers, so its zeros buy size "
+                f"only; {SOURCES['csr-reference']} measured {_x(sparse)} on the weight products "
+                f"(ideal, by multiply-adds: {_x(e['csr_flop_ratio'])})")
+    else:
+        tail = f", and with {SOURCES[e['sparse_kernel_source']]} at {_x(sparse)}"
+    if sparse is None:
+        verdict = "the sparse kernel was not measured"
+    elif sparse > 1 + SAME_SPEED:
+        verdict = "a sparse kernel pays off in speed here"
+    elif sparse >= 1 - SAME_SPEED:
+        verdict = "even a sparse kernel gains nothing at this size and sparsity"
+    else:
+        verdict = "the sparse kernel is slower than the dense one at this size and sparsity"
+    return f"{head}{tail}: {verdict}."
+
+
 # -- markdown ---------------------------------------------------------------------------------
 def _fmt_bytes(n) -> str:
     return "–" if n is None else f"{n:,}"
@@ -151,7 +254,8 @@ def _num(value, spec: str) -> str:
 def point_1x1(row) -> dict | None:
     """The 1-thread, batch-1 CPU latency the main table shows."""
     return next((l for l in row.get("latency") or [] if l.get("threads") == 1
-                 and l.get("batch") == 1 and l.get("device") == "cpu"), None)
+                 and l.get("batch") == 1 and l.get("device") == "cpu"
+                 and l.get("resolver", "default") == "default"), None)
 
 
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,6 +310,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Sparsity and speed", ""]
     lines += [f"- {s['sentence']}" for s in report["sparsity_and_speed"]] or [
         "- No sparse exported artifact was measured in this run."]
+    lines += _sparse_kernels_markdown(report)
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {s['name']} | {s['seconds']:.1f} |" for s in report["stages"]]
     env = report["environment"]
@@ -216,6 +321,36 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _sparse_kernels_markdown(report: dict[str, Any]) -> list[str]:
+    """Dense- against sparse-kernel ratios, the computed sentences and per-layer labels."""
+    entries = report.get("sparse_kernels")
+    if entries is None:
+        entries = sparse_kernels(report)
+    if not entries:
+        return []
+    lines = ["", "Dense- and sparse-kernel speed (x the dense baseline, 1 thread, batch 1; "
+             "`csr-reference` means the runtime has no sparse path for the file and a CSR kernel "
+             "on the pruned weights was measured instead):", "",
+             "| artifact | sparsity | dense-kernel ratio | sparse-kernel ratio | sparse kernel "
+             "| latency-eligible | size-only | dense |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for e in entries:
+        lab = e["labels"]
+        lines.append(f"| `{e['artifact']}` | {_num(e['sparsity'], '.1%')} | "
+                     f"{_x(e['dense_kernel_ratio'])} | {_x(e['sparse_kernel_ratio'])} | "
+                     f"{e['sparse_kernel_source']} | {lab['latency-eligible']} | "
+                     f"{lab['size-only']} | {lab['dense']} |")
+    lines += [""] + [f"- {e['sentence']}" for e in entries]
+    for e in entries:
+        lines += ["", f"Layers of `{e['artifact']}`:", "",
+                  "| layer | op | weights | zeros | stored | DENSIFY | label | why |",
+                  "|---|---|---|---:|---|---|---|---|"]
+        lines += [f"| `{l['name'].split(';')[0]}` | {l['op']} | {l['weights_dtype']} | {_num(l['sparsity'], '.0%')} "
+                  f"| {'sparse' if l['sparse_storage'] else 'dense'} | "
+                  f"{'–' if l['densify'] is None else ('yes' if l['densify'] else 'no')} | "
+                  f"**{l['label']}** | {l['reason']} |" for l in e["layers"]]
+    return lines
 
 
 PLOT_FILES = ("size_vs_accuracy.png", "latency_vs_accuracy.png")

@@ -8,11 +8,14 @@ from typing import ClassVar
 
 from pipeline.artifacts import KERAS_KINDS, Artifact
 from pipeline.context import RunContext
+from pipeline.report import SPARSE
 from pipeline.stage import check_count, require
 
 from benchmarks.accuracy import accuracy, predict_all, top1_agreement
+from benchmarks.eligibility import eligibility
 from benchmarks.measure import file_size, measure_latency
 from benchmarks.runtimes import gpu_devices, open_runtime
+from benchmarks.sparse_kernel import csr_reference
 from benchmarks.sparsity import size_floor_bytes, weight_sparsity
 
 RUNTIME_OF = {"keras": "keras", "tflite": "litert", "onnx": "onnxruntime"}
@@ -26,6 +29,13 @@ class Benchmark:
     own runtime: Keras, LiteRT or onnxruntime. Latency is measured for TFLite and ONNX files at
     each (threads, batch) pair of `latency`; threads 0 means all cores.
 
+    With `sparse_kernels`, every artifact with at least 30% zero weights also gets: per-layer
+    eligibility labels (`eligibility`, for .tflite/.onnx), a LiteRT run at 1 thread, batch 1
+    with the builtin kernels (`resolver` "builtin": BUILTIN_WITHOUT_DEFAULT_DELEGATES, whose
+    FULLY_CONNECTED reads 1x4-block sparse weights) for sparse .tflite files and the baseline's
+    dense .tflite, and a CSR-vs-dense reference timing on a Keras file's weights
+    (`sparse_kernel`). That costs a few seconds.
+
     >>> Benchmark(latency=((1, 1), (0, 32)), min_seconds=1.0)
     """
 
@@ -38,6 +48,7 @@ class Benchmark:
     min_runs: int = 50
     min_seconds: float = 1.0
     accuracy_limit: int | None = None
+    sparse_kernels: bool = True
 
     def __post_init__(self):
         ok = all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, int) for v in p)
@@ -46,6 +57,8 @@ class Benchmark:
                 f"(0 = all cores) and batch >= 1. Received: latency={self.latency!r}")
         check_count(self.name, "warmup", self.warmup)
         check_count(self.name, "min_runs", self.min_runs, minimum=1)
+        require(isinstance(self.sparse_kernels, bool), self.name, f"sparse_kernels must be true "
+                f"or false. Received: sparse_kernels={self.sparse_kernels!r}")
         require(isinstance(self.min_seconds, (int, float)) and self.min_seconds >= 0, self.name,
                 f"min_seconds must be >= 0. Received: min_seconds={self.min_seconds!r}")
         if self.accuracy_limit is not None:
@@ -61,6 +74,8 @@ class Benchmark:
         gpus = gpu_devices()
         for target in ctx.measurable():
             ctx.measurements[target.name] = self._measure(target, x, y, reference, gpus)
+        if self.sparse_kernels:
+            self._sparse_kernels(ctx, x)
         if not gpus:
             ctx.note("No GPU in this environment (no CUDA/TensorRT provider for onnxruntime, no TF "
                      "GPU): the report has CPU rows only.")
@@ -87,8 +102,31 @@ class Benchmark:
                 m["latency"].append(self._latency(target, device, threads, batch, x))
         return m
 
-    def _latency(self, target: Artifact, device: str, threads: int, batch: int, x) -> dict:
-        runtime = open_runtime(target.path, target.format, threads=threads, device=device)
+    def _sparse_kernels(self, ctx: RunContext, x) -> None:
+        """Eligibility labels, the builtin-kernel A/B and the CSR reference for sparse artifacts."""
+        sparse = [t for t in ctx.measurable()
+                  if (ctx.measurements[t.name].get("sparsity") or 0) >= SPARSE]
+        builtin = [t for t in sparse if t.format == "tflite"]
+        if builtin:  # the dense counterpart the report's ratios are taken against
+            builtin += [a for a in ctx.measurable() if a.format == "tflite" and a.parent == ctx.baseline
+                        and not a.meta.get("sparse_storage") and a.meta.get("mode") in (None, "float32")
+                        and a not in builtin]
+        for target in sparse:
+            m = ctx.measurements[target.name]
+            if target.format == "keras":
+                m["sparse_kernel"] = csr_reference(target.path, warmup=min(self.warmup, 5),
+                                                   min_seconds=min(self.min_seconds, 0.2))
+            else:
+                m["eligibility"] = eligibility(target.path, target.format)
+        for target in builtin:
+            ctx.measurements[target.name]["latency"].append(
+                self._latency(target, "cpu", 1, 1, x, resolver="builtin"))
+
+    def _latency(self, target: Artifact, device: str, threads: int, batch: int, x,
+                 resolver: str = "default") -> dict:
+        runtime = (open_runtime(target.path, "tflite", threads=threads, resolver=resolver)
+                   if target.format == "tflite" else
+                   open_runtime(target.path, target.format, threads=threads, device=device))
         sample = x[:batch]
         if len(sample) < batch:  # fewer test examples than the batch: repeat them
             sample = x[[i % len(x) for i in range(batch)]]
@@ -97,4 +135,5 @@ class Benchmark:
         return {"runtime": runtime.runtime, "device": device,
                 "threads": threads or os.cpu_count(), "batch": batch,
                 "engine": getattr(runtime, "delegate", None) or getattr(runtime, "provider", None),
-                "load_ms": round(runtime.load_ms, 3), **stats}
+                "load_ms": round(runtime.load_ms, 3),
+                **({"resolver": resolver} if target.format == "tflite" else {}), **stats}
