@@ -146,8 +146,8 @@ def csr_reference(model_or_path, *, batch: int = 1, warmup: int = 5, min_runs: i
     limit, controlled = _one_thread()
     timing = {"warmup": warmup, "min_runs": min_runs, "min_seconds": min_seconds}
     with limit:
-        layers = [{"name": g["name"], "kind": g["kind"], **time_gemm(g["weights"], g["columns"], **timing)}
-                  for g in gemms]
+        layers = [{"name": g["name"], "kind": g["kind"],
+                   **time_gemm(g["weights"], g["columns"], **timing)} for g in gemms]
     for layer in layers:  # a runtime would only pick the sparse kernel for sparse layers
         layer["kernel_used"] = "csr" if layer["sparsity"] >= SPARSE_MIN else "dense"
     csr = [l["kernel_used"] == "csr" for l in layers]

@@ -176,7 +176,8 @@ def sparse_kernels(report: dict[str, Any]) -> list[dict[str, Any]]:
                               and r["format"] == row["format"] and not r["sparse_storage"]
                               and r["mode"] == row["mode"]), row)
             dense_src = "builtin" if _ratio_at(dense_row, ref, "builtin")[0] else "default"
-            dense, engine = _ratio_at(dense_row, ref, dense_src) if dense_row is not row else (None, None)
+            dense, engine = ((None, None) if dense_row is row
+                             else _ratio_at(dense_row, ref, dense_src))
         elif eligible:
             sparse_src, sparse, dense_src = "xnnpack", default, "builtin"
             dense, engine = builtin, "builtin"
@@ -222,8 +223,13 @@ def _kernel_sentence(e: dict[str, Any]) -> str:
                 f"(ideal, by multiply-adds: {_x(e['csr_flop_ratio'])})")
     else:
         tail = f", and with {SOURCES[e['sparse_kernel_source']]} at {_x(sparse)}"
+        if e["csr_reference_ratio"] is not None:
+            tail += f" ({SOURCES['csr-reference']}: {_x(e['csr_reference_ratio'])})"
     if sparse is None:
         verdict = "the sparse kernel was not measured"
+    elif e["sparse_kernel_source"] == "xnnpack" and sparse <= 1 + SAME_SPEED:
+        verdict = ("XNNPACK's sparse inference bought no speed: the file meets its rules, but this "
+                   "LiteRT build or CPU may not take its sparse path")
     elif sparse > 1 + SAME_SPEED:
         verdict = "a sparse kernel pays off in speed here"
     elif sparse >= 1 - SAME_SPEED:
@@ -346,8 +352,8 @@ def _sparse_kernels_markdown(report: dict[str, Any]) -> list[str]:
         lines += ["", f"Layers of `{e['artifact']}`:", "",
                   "| layer | op | weights | zeros | stored | DENSIFY | label | why |",
                   "|---|---|---|---:|---|---|---|---|"]
-        lines += [f"| `{l['name'].split(';')[0]}` | {l['op']} | {l['weights_dtype']} | {_num(l['sparsity'], '.0%')} "
-                  f"| {'sparse' if l['sparse_storage'] else 'dense'} | "
+        lines += [f"| `{l['name'].split(';')[0]}` | {l['op']} | {l['weights_dtype']} "
+                  f"| {_num(l['sparsity'], '.0%')} | {'sparse' if l['sparse_storage'] else 'dense'} | "
                   f"{'–' if l['densify'] is None else ('yes' if l['densify'] else 'no')} | "
                   f"**{l['label']}** | {l['reason']} |" for l in e["layers"]]
     return lines

@@ -87,6 +87,18 @@ def test_ratios_and_sources_come_from_labels_and_measurements(run):
     json.dumps(report)
 
 
+def test_xnnpack_eligible_file_is_measured_against_the_builtin_kernels(run):
+    run.measurements["pruned.sparse.tflite"]["eligibility"] = _eligibility(
+        _layer("pw", "CONV_2D", "latency-eligible"), _layer("stem", "CONV_2D", "dense"))
+    entry = next(e for e in build_report(run, recipe="d", environment=ENV)["sparse_kernels"]
+                 if e["artifact"] == "pruned.sparse.tflite")
+    assert entry["sparse_kernel_source"] == "xnnpack"
+    assert entry["sparse_kernel_ratio"] == pytest.approx(2.0 / 2.5)  # default engine: XNNPACK
+    assert entry["dense_kernel_source"] == "builtin"
+    assert entry["dense_kernel_ratio"] == pytest.approx(3.0 / 2.4)
+    assert "bought no speed" in entry["sentence"] and "1.80x" in entry["sentence"]
+
+
 def test_builtin_rows_do_not_leak_into_default_comparisons(run):
     report = build_report(run, recipe="d", environment=ENV)
     rows = {(s["artifact"], s["resolver"]): s["speedup"] for s in report["sparsity_and_speed"]}
@@ -102,7 +114,8 @@ def test_markdown_and_html_show_ratios_labels_and_reasons(run):
     section = md.split("## Sparsity and speed", 1)[1].split("## Stages", 1)[0]
     assert "| `pruned.sparse.tflite` | 80.0% | 0.80x | 1.80x | csr-reference | 0 | 1 | 1 |" in section
     assert "Layers of `pruned.block.tflite`" in section
-    assert "| `fc1` | FULLY_CONNECTED | float32 | 80% | sparse | yes | **size-only** | DENSIFY x |" in section
+    assert ("| `fc1` | FULLY_CONNECTED | float32 | 80% | sparse | yes | **size-only** | DENSIFY x |"
+            in section)
     assert "**latency-eligible**" in section
     page = render_html(report, {})
     assert 'id="sparse-kernels"' in page and "<b>latency-eligible</b>" in page
