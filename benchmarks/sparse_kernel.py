@@ -46,6 +46,8 @@ def gemm_operands(model, batch: int = 1) -> tuple[list[dict], list[str]]:
             if getattr(layer, "weights", None) and any(len(w.shape) >= 2 for w in layer.weights):
                 skipped.append(f"{layer.name} ({kind})")
             continue
+        if not hasattr(kernel, "numpy"):  # a QAT wrapper swaps the kernel for a fake-quantized tensor
+            kernel = next(v for v in outer.weights if v.name.rsplit("/", 1)[-1].startswith("kernel"))
         w = np.asarray(kernel.numpy(), dtype=np.float32)
         if kind == "Dense" and w.ndim == 2:
             gemms.append({"name": layer.name, "kind": kind, "weights": np.ascontiguousarray(w.T),

@@ -86,3 +86,16 @@ def test_bad_input(tmp_path, tiny_model):
         csr_reference(tmp_path / "missing.h5")
     with pytest.raises(ConfigError, match="batch must be"):
         csr_reference(tiny_model, batch=0)
+
+
+def test_qat_wrapped_model_reads_the_kernel_variables():
+    import tensorflow_model_optimization as tfmot
+
+    from tests.conftest import make_tiny_model
+
+    plain = make_tiny_model()
+    qat = tfmot.quantization.keras.quantize_model(make_tiny_model())
+    want = {g["name"]: g["weights"] for g in gemm_operands(plain)[0]}
+    got = {g["name"]: g["weights"] for g in gemm_operands(qat)[0]}
+    assert set(got) == set(want) == {"conv", "dense", "logits"}
+    assert all(np.array_equal(got[k], want[k]) for k in want)
