@@ -54,12 +54,27 @@ def check_lr_decay(stage: str, value) -> None:
             f"Received: lr_decay={value!r}")
 
 
+def check_distill(stage: str, distill, temperature) -> None:
+    from pipeline.stage import require
+
+    ok = isinstance(distill, (int, float)) and not isinstance(distill, bool) and 0 <= distill <= 1
+    require(ok, stage, f"distill must be a weight in [0, 1] for the teacher's soft targets (0 = off). "
+            f"Received: distill={distill!r}")
+    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
+    require(ok, stage, f"temperature must be a number > 0 (e.g. 4). Received: temperature={temperature!r}")
+
+
 def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callbacks=(),
-        lr_decay: str = "constant"):
+        lr_decay: str = "constant", distill: float = 0.0, temperature: float = 4.0):
     """Compile `model` in place and train it on the run's training set. Returns the History.
 
     `lr_decay="cosine"` anneals the learning rate to 0 over the run (settles the weights; on
     Fashion-MNIST it is worth about half a point of test accuracy over a constant rate).
+    `distill` > 0 fine-tunes against the run's dense baseline as a teacher as well (Hinton et
+    al., "Distilling the Knowledge in a Neural Network"): the loss is
+    (1 - distill) * cross-entropy(labels) + distill * T^2 * KL(teacher_T || student_T), with both
+    logit sets softened by `temperature` T. It is what lets a heavily compressed model recover
+    the accuracy the teacher had.
     """
     import tf_keras as keras
 
@@ -67,10 +82,54 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     if lr_decay == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, max(1, epochs * steps_per_epoch(ctx, batch_size)))
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not output_is_probabilities(model)),
-        metrics=["accuracy"],
-    )
-    return model.fit(ctx.data.train_dataset(batch_size, seed=ctx.seed), epochs=epochs,
-                     callbacks=list(callbacks), verbose=verbosity())
+    probabilities = output_is_probabilities(model)
+    if distill:
+        loss, metric = _distillation(probabilities, distill, temperature), accuracy
+        data = _with_teacher(ctx, batch_size)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+        metric, data = "accuracy", ctx.data.train_dataset(batch_size, seed=ctx.seed)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[metric])
+    return model.fit(data, epochs=epochs, callbacks=list(callbacks), verbose=verbosity())
+
+
+def _with_teacher(ctx, batch_size: int):
+    """The training set with targets [label, teacher logits...] (one float row per example)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.errors import ConfigError
+
+    if not ctx.baseline:
+        raise ConfigError("distill needs a trained dense baseline as the teacher: put 'train' before "
+                          "this stage, or set distill = 0")
+    teacher = ctx.keras_model(ctx.find(ctx.baseline))
+    logits = teacher.predict(ctx.data.x_train, batch_size=512, verbose=0).astype(np.float32)
+    if output_is_probabilities(teacher):
+        logits = np.log(np.clip(logits, 1e-7, 1.0))
+    labels = np.asarray(ctx.data.y_train, dtype=np.float32).reshape(-1, 1)
+    ds = tf.data.Dataset.from_tensor_slices((ctx.data.x_train, np.concatenate([labels, logits], 1)))
+    ds = ds.cache().shuffle(min(len(labels), 10_000), seed=ctx.seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _distillation(probabilities: bool, weight: float, temperature: float):
+    import tensorflow as tf
+
+    def loss(target, output):
+        labels, teacher = tf.cast(target[:, 0], tf.int32), target[:, 1:]
+        student = tf.math.log(tf.clip_by_value(output, 1e-7, 1.0)) if probabilities else output
+        hard = tf.keras.losses.sparse_categorical_crossentropy(labels, student, from_logits=True)
+        soft_teacher = tf.nn.softmax(teacher / temperature)
+        soft = tf.reduce_sum(soft_teacher * (tf.nn.log_softmax(teacher / temperature)
+                                             - tf.nn.log_softmax(student / temperature)), axis=-1)
+        return (1 - weight) * hard + weight * temperature ** 2 * soft
+
+    return loss
+
+
+def accuracy(target, output):  # named so that logs and History say 'accuracy'
+    import tensorflow as tf
+
+    labels = tf.cast(target[:, 0], tf.int64)
+    return tf.cast(tf.equal(tf.argmax(output, axis=-1), labels), tf.float32)

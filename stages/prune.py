@@ -10,7 +10,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights, tfmot_scope
 from pipeline.stage import check_count, check_fraction, require
-from stages._fit import check_learning_rate, check_lr_decay, fit, steps_per_epoch
+from stages._fit import check_distill, check_learning_rate, check_lr_decay, fit, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
 WARN_GAP = 0.05  # achieved sparsity this far below the target gets a note in the report
@@ -28,7 +28,8 @@ class Prune:
     sparsity); `frequency=None` updates the masks >= 25 times in that window. tfmot's own
     default (every 100 steps) prunes nothing on small data. `sparsity_m_by_n=(2, 4)` zeroes 2 of
     every 4 consecutive input-channel weights, and then the schedule's sparsities are unused.
-    `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
+    `distill=0.5` fine-tunes against the run's dense baseline as a teacher too (see
+    `stages._fit.fit`). `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
     layer of a CNN usually takes far more pruning than its convs).
     Put `strip` after this stage to get a plain Keras model.
     """
@@ -47,6 +48,8 @@ class Prune:
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_decay: str = "constant"
+    distill: float = 0.0
+    temperature: float = 4.0
     block_size: tuple[int, int] = (1, 1)
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
@@ -86,6 +89,7 @@ class Prune:
         check_count(n, "batch_size", self.batch_size, minimum=1)
         check_learning_rate(n, self.learning_rate)
         check_lr_decay(n, self.lr_decay)
+        check_distill(n, self.distill, self.temperature)
         require(_int_pair(self.block_size) and min(self.block_size) >= 1, n,
                 f"block_size must be two integers >= 1, e.g. (1, 4). Received: block_size={self.block_size!r}")
         mn = self.sparsity_m_by_n
@@ -126,7 +130,8 @@ class Prune:
         with tfmot_scope():
             model = keras.models.clone_model(clone_with_weights(source), clone_function=wrap)
         fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()], lr_decay=self.lr_decay)
+            learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()], lr_decay=self.lr_decay,
+            distill=self.distill, temperature=self.temperature)
 
         achieved, per_layer = _pruned_sparsity(collect_prunable_layers(model))
         if self.sparsity_m_by_n:

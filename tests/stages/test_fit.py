@@ -1,0 +1,63 @@
+"""Shared fine-tuning: the distillation loss is what it says, needs a baseline teacher, and a
+distilled prune still reaches its sparsity and learns."""
+import numpy as np
+import pytest
+
+import pipeline  # noqa: F401
+from pipeline.artifacts import make_artifact
+from pipeline.errors import ConfigError
+from pipeline.kerasio import save_keras
+from stages._fit import _distillation, fit
+from stages.prune import Prune
+from stages.train import Train
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("SLIMPIPE_QUIET", "1")
+
+
+def test_distillation_loss_mixes_cross_entropy_and_softened_kl():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    student = rng.normal(size=(8, 4)).astype("float32")
+    teacher = rng.normal(size=(8, 4)).astype("float32")
+    labels = rng.integers(0, 4, 8).astype("float32")
+    target = np.concatenate([labels[:, None], teacher], 1)
+    ce = tf.keras.losses.sparse_categorical_crossentropy(labels, student, from_logits=True).numpy()
+    assert np.allclose(_distillation(False, 0.0, 4.0)(target, student).numpy(), ce, atol=1e-5)
+    same = np.concatenate([labels[:, None], student], 1)
+    assert np.allclose(_distillation(False, 1.0, 4.0)(same, student).numpy(), 0.0, atol=1e-5)
+    t = 2.0
+    p, q = tf.nn.softmax(teacher / t).numpy(), tf.nn.softmax(student / t).numpy()
+    kl = (p * (np.log(p) - np.log(q))).sum(1) * t * t
+    assert np.allclose(_distillation(False, 0.3, t)(target, student).numpy(), 0.7 * ce + 0.3 * kl, atol=1e-4)
+
+
+def test_distill_needs_a_baseline_teacher(ctx):
+    with pytest.raises(ConfigError, match="distill needs a trained dense baseline"):
+        fit(make_tiny_model(), ctx, epochs=1, batch_size=64, learning_rate=1e-3, distill=0.5)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"distill": 1.5}, "distill must be a weight in"),
+                                           ({"temperature": 0}, "temperature must be a number > 0")])
+def test_bad_distillation_parameters(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Prune(**kwargs)
+
+
+def test_distilled_prune_reaches_its_sparsity_and_learns(ctx):
+    src = make_artifact("source", save_keras(make_tiny_model(), ctx.out_dir / "source.h5"), fmt="keras",
+                        kind="keras", stage="source", config={}, parent=None)
+    ctx.artifacts.append(src)
+    ctx.stage_dir = ctx.out_dir / "train"
+    [trained] = Train(epochs=3).run(src, ctx)
+    ctx.artifacts.append(trained)
+    ctx.stage_dir = ctx.out_dir / "prune"
+    [pruned] = Prune(final_sparsity=0.7, epochs=2, distill=0.7).run(trained, ctx)
+    assert abs(pruned.meta["achieved_sparsity"] - 0.7) < 0.03
+    model = ctx.keras_model(pruned)
+    acc = np.mean(np.argmax(model.predict(ctx.data.x_test, verbose=0), 1) == ctx.data.y_test)
+    assert acc > 0.9
