@@ -13,7 +13,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError, ExportValidationError
 from pipeline.kerasio import clone_with_weights
 from pipeline.stage import check_count, check_fraction, require
-from stages._fit import fit
+from stages._fit import check_distill, check_lr_decay, fit
 
 from benchmarks.sparsity import weight_sparsity
 from exporters.tflite import export_tflite
@@ -70,6 +70,9 @@ class Quantize:
     sparse: bool = False
     min_agreement: float = 0.97
     parity_samples: int = 256
+    lr_decay: str = "constant"
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self):
         n = self.name
@@ -81,6 +84,8 @@ class Quantize:
                 f"io={self.io!r}; fix: use mode='int8' or io='float'")
         check_count(n, "epochs", self.epochs, minimum=1)
         check_count(n, "batch_size", self.batch_size, minimum=1)
+        check_lr_decay(n, self.lr_decay)
+        check_distill(n, self.distill, self.temperature)
         require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
                 and self.learning_rate > 0, n,
                 f"learning_rate must be a number > 0 (e.g. 1e-4). Received: learning_rate={self.learning_rate!r}")
@@ -151,7 +156,8 @@ class Quantize:
             if not found:
                 raise
             raise ConfigError(_unsupported_message(source, found.group(1), found.group(2), self.mode)) from exc
-        fit(qat, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        fit(qat, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            lr_decay=self.lr_decay, distill=self.distill, temperature=self.temperature)
         if self.mode in ("cqat", "pcqat"):
             # Drops the centroid/index variables (which also make the h5 unloadable) and keeps
             # the clustered kernels and the fake-quant ranges the converter needs.

@@ -41,11 +41,15 @@ def test_distill_needs_a_baseline_teacher(ctx):
         fit(make_tiny_model(), ctx, epochs=1, batch_size=64, learning_rate=1e-3, distill=0.5)
 
 
+@pytest.mark.parametrize("stage", ["prune", "cluster", "quantize", "structured_prune"])
 @pytest.mark.parametrize("kwargs, match", [({"distill": 1.5}, "distill must be a weight in"),
-                                           ({"temperature": 0}, "temperature must be a number > 0")])
-def test_bad_distillation_parameters(kwargs, match):
+                                           ({"temperature": 0}, "temperature must be a number > 0"),
+                                           ({"lr_decay": "linear"}, "lr_decay must be one of")])
+def test_bad_fine_tuning_parameters(stage, kwargs, match):
+    from stages import STAGES
+
     with pytest.raises(ConfigError, match=match):
-        Prune(**kwargs)
+        STAGES[stage](**kwargs)
 
 
 def test_distilled_prune_reaches_its_sparsity_and_learns(ctx):
