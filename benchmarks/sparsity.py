@@ -74,20 +74,28 @@ def size_floor_bytes(layers: list[dict]) -> int | None:
 
     Bits per weight are the stored dtype's, or log2(distinct values) plus a codebook of the
     distinct values when that is cheaper (a clustered kernel of 16 values costs 4 bits a weight).
-    A tensor with zeros also pays for where its non-zeros are: the cheaper of a bitmap (1 bit per
-    weight) and one index of log2(size) bits per non-zero. None when a tensor lacks the counts.
+    A tensor with zeros is stored either dense (zero is one more value) or as its non-zeros plus
+    where they are (the cheaper of a bitmap, 1 bit per weight, and one index of log2(size) bits
+    per non-zero), whichever is smaller. None when a tensor lacks the counts.
     """
     if not layers or any("bits" not in layer for layer in layers):
         return None
-    total = 0
-    for layer in layers:
-        n, nnz, bits = layer["params"], layer["params"] - layer["zeros"], layer["bits"]
-        distinct = max(layer["distinct"], 1)
-        coded = nnz * math.ceil(math.log2(distinct)) + distinct * bits if distinct > 1 else bits
-        values = min(nnz * bits, coded)
-        index = 0 if nnz == n else min(n, nnz * max(1, math.ceil(math.log2(n))))
-        total += values + index
-    return math.ceil(total / 8)
+    return math.ceil(sum(_tensor_floor_bits(l["params"], l["params"] - l["zeros"], l["bits"],
+                                            l["distinct"]) for l in layers) / 8)
+
+
+def _tensor_floor_bits(n: int, nnz: int, bits: int, distinct: int) -> int:
+    """The cheaper of storing all n values (zero being one more value) and storing the nnz
+    non-zeros plus where they are."""
+    def values(count: int, kinds: int) -> int:
+        coded = count * math.ceil(math.log2(kinds)) + kinds * bits if kinds > 1 else bits
+        return min(count * bits, coded)
+
+    dense = values(n, distinct + (nnz < n))
+    if nnz == n:
+        return dense
+    where = min(n, nnz * max(1, math.ceil(math.log2(n))))
+    return min(dense, values(nnz, max(distinct, 1)) + where)
 
 
 def _is_weight_dtype(dtype: np.dtype) -> bool:

@@ -63,3 +63,11 @@ def test_a_real_file_is_not_smaller_than_its_floor(tmp_path):
 def test_missing_counts_give_no_floor():
     assert size_floor_bytes([]) is None
     assert size_floor_bytes([{"name": "w", "params": 4, "zeros": 0}]) is None
+
+
+def test_a_few_zeros_are_cheaper_stored_dense():
+    few = [{"name": "w", "params": 4096, "zeros": 40, "bits": 8, "distinct": 255}]
+    many = [{"name": "w", "params": 4096, "zeros": 3686, "bits": 8, "distinct": 255}]
+    assert size_floor_bytes(few) == 4096  # 8 bits a weight, no index
+    # 410 non-zeros x 8 bits + a 4096-bit bitmap, plus the 255-value codebook not being cheaper
+    assert size_floor_bytes(many) == (410 * 8 + 4096) // 8
