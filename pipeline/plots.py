@@ -163,7 +163,14 @@ def _plot(rows, cost_key: str, front_key: str, xlabel: str, title: str, log_x: b
         ax.step(xs, ys, where="post", color="#ff7f0e", lw=1.5, zorder=2, label="Pareto frontier")
         ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="#ff7f0e", lw=1.5, zorder=4)
     if log_x:
+        from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
         ax.set_xscale("log")
+        # Plain numbers at 1, 2, 5 x 10^k: matplotlib's default labels every minor tick of a
+        # short log axis in 10^k notation, and the labels run into each other.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.15, y=0.15)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
