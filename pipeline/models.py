@@ -18,7 +18,8 @@ from pipeline.kerasio import tfmot_scope
 MODELS: dict[str, str] = {
     "cnn": "3-conv CNN from the TF pruning tutorials (~131k params at 28x28x1); fast, >=92% on Fashion-MNIST",
     "vgg16": "CIFAR-style VGG16 with batch norm (13 conv layers, ~15M params at width 1)",
-    "mobilenet_v2": "Keras MobileNetV2 (untrained; width = alpha); small inputs are resized to 32x32 RGB",
+    "mobilenet_v2": "MobileNetV2 as in Keras (untrained; width = alpha), stride-2 convs padded 1 on each side "
+                    "so XNNPACK can run it sparse; small inputs are resized to 32x32 RGB",
 }
 
 _FORMATS = "a .keras file, a .h5/.hdf5 file or a SavedModel directory saved by Keras"
@@ -108,10 +109,56 @@ def _mobilenet_v2(keras, input_shape, num_classes, width):
     elif c != 3:
         raise ConfigError(f"mobilenet_v2 takes 1- or 3-channel images, got {c} channels: "
                           "use cnn or vgg16 for this data")
-    # input_tensor makes the application part of one flat model (tfmot cannot wrap nested ones).
-    return keras.applications.MobileNetV2(
-        input_shape=(h, w, 3), input_tensor=x, alpha=width, weights=None, classes=num_classes,
-        classifier_activation=None)
+    # Keras's own MobileNetV2, layer for layer and by the same names, except that its stride-2
+    # convs are padded 1 on every side (explicit ZeroPadding2D, then VALID) where Keras pads
+    # (0, 1): same shapes and weights, but only this form is a graph XNNPACK's sparse inference
+    # (and tfmot's PruneForLatencyOnXNNPack) accepts. One flat model: tfmot cannot wrap nested ones.
+    L = layers
+    x = L.ZeroPadding2D(1, name="Conv1_pad")(x)
+    x = L.Conv2D(_divisible(32 * width), 3, strides=2, padding="valid", use_bias=False, name="Conv1")(x)
+    x = L.BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)
+    x = L.ReLU(6.0, name="Conv1_relu")(x)
+    for block, (filters, stride, expansion) in enumerate(_MOBILENET_V2_BLOCKS):
+        x = _inverted_residual(L, x, _divisible(filters * width), stride, expansion, block)
+    x = L.Conv2D(_divisible(1280 * width) if width > 1.0 else 1280, 1, use_bias=False, name="Conv_1")(x)
+    x = L.BatchNormalization(epsilon=1e-3, momentum=0.999, name="Conv_1_bn")(x)
+    x = L.ReLU(6.0, name="out_relu")(x)
+    x = L.GlobalAveragePooling2D(keepdims=True, name="global_average_pooling2d")(x)
+    x = L.Flatten(name="flatten")(x)
+    return keras.Model(inputs, L.Dense(num_classes, name="predictions")(x), name="mobilenet_v2")
+
+
+# (output filters at width 1, stride, expansion) of blocks 0..16, as in Keras's MobileNetV2.
+_MOBILENET_V2_BLOCKS = ((16, 1, 1), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (32, 1, 6),
+                        (64, 2, 6), (64, 1, 6), (64, 1, 6), (64, 1, 6), (96, 1, 6), (96, 1, 6),
+                        (96, 1, 6), (160, 2, 6), (160, 1, 6), (160, 1, 6), (320, 1, 6))
+
+
+def _divisible(v: float, divisor: int = 8) -> int:
+    """Keras's _make_divisible: the nearest multiple of 8, never 10% below v."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def _inverted_residual(L, inputs, filters: int, stride: int, expansion: int, block: int):
+    channels = int(inputs.shape[-1])
+    prefix = f"block_{block}_" if block else "expanded_conv_"
+    x = inputs
+    if block:
+        x = L.Conv2D(expansion * channels, 1, use_bias=False, name=prefix + "expand")(x)
+        x = L.BatchNormalization(epsilon=1e-3, momentum=0.999, name=prefix + "expand_BN")(x)
+        x = L.ReLU(6.0, name=prefix + "expand_relu")(x)
+    if stride == 2:
+        x = L.ZeroPadding2D(1, name=prefix + "pad")(x)
+    x = L.DepthwiseConv2D(3, strides=stride, use_bias=False, padding="same" if stride == 1 else "valid",
+                          name=prefix + "depthwise")(x)
+    x = L.BatchNormalization(epsilon=1e-3, momentum=0.999, name=prefix + "depthwise_BN")(x)
+    x = L.ReLU(6.0, name=prefix + "depthwise_relu")(x)
+    x = L.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x)
+    x = L.BatchNormalization(epsilon=1e-3, momentum=0.999, name=prefix + "project_BN")(x)
+    if channels == filters and stride == 1:
+        x = L.Add(name=prefix + "add")([inputs, x])
+    return x
 
 
 def _unknown_model_message(spec: str) -> str:

@@ -31,6 +31,8 @@ def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -
         "artifacts": artifacts,
         "notes": list(ctx.notes),
     }
+    inherit_complexity(artifacts)
+    report["int8_vs_float"] = int8_vs_float(report)
     report["sparsity_and_speed"] = sparsity_and_speed(report)
     report["sparse_kernels"] = sparse_kernels(report)
     return report
@@ -53,6 +55,9 @@ def _artifact_row(art, ctx: RunContext) -> dict[str, Any]:
         "accuracy": m.get("accuracy"),
         "top1_agreement": m.get("top1_agreement"),
         "size_floor_bytes": m.get("size_floor_bytes"),
+        "params": (m.get("complexity") or {}).get("params"),
+        "macs": (m.get("complexity") or {}).get("macs"),
+        "from_scratch": bool(art.meta.get("from_scratch", False)),
         "latency": m.get("latency", []),
         "layers": m.get("layers", []),
         "eligibility": m.get("eligibility"),
@@ -239,6 +244,96 @@ def _kernel_sentence(e: dict[str, Any]) -> str:
     return f"{head}{tail}: {verdict}."
 
 
+# -- complexity, int8 against float, the from-scratch control ---------------------------------
+def inherit_complexity(rows: list[dict[str, Any]]) -> None:
+    """Exported files have the parameters and MACs of the Keras model they were made from."""
+    by_name = {r["name"]: r for r in rows}
+    for row in rows:
+        parent = by_name.get(row["parent"])
+        if row["format"] != "keras" and parent:
+            row["params"], row["macs"] = parent.get("params"), parent.get("macs")
+
+
+VNNI = ("avx512_vnni", "avx512vnni", "avx_vnni")
+
+
+def isa_summary(isa) -> str:
+    """One line: the ISA extensions that decide how fast float and int8 kernels can be."""
+    if isa is None:
+        return "ISA: unknown"
+    isa = set(isa)
+    yes = lambda ok: "yes" if ok else "no"  # noqa: E731
+    return (f"ISA for inference kernels: AVX2 {yes('avx2' in isa)}, AVX-512 {yes('avx512f' in isa)}, "
+            f"VNNI (8-bit dot products) {yes(bool(isa & set(VNNI)))}, FMA {yes('fma' in isa)}"
+            + (", NEON yes" if isa & {"neon", "asimd"} else ""))
+
+
+def int8_vs_float(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each int8 TFLite file against the float32 TFLite file of the same Keras model, measured
+    on LiteRT at 1 thread, batch 1, with a sentence that says why when int8 was slower."""
+    rows, out = report["artifacts"], []
+    isa = set(report.get("environment", {}).get("isa") or [])
+    for row in rows:
+        if row["format"] != "tflite" or not str(row.get("mode") or "").startswith("int8"):
+            continue
+        ref = next((r for r in rows if r["parent"] == row["parent"] and r["format"] == "tflite"
+                    and r["mode"] in (None, "float32") and not r["sparse_storage"]), None)
+        mine, theirs = point_1x1(row), ref and point_1x1(ref)
+        if not mine or not theirs or not mine.get("p50_ms"):
+            continue
+        ratio = theirs["p50_ms"] / mine["p50_ms"]
+        head = (f"int8 `{row['name']}` ran at {ratio:.2f}x the speed of float32 `{ref['name']}` "
+                f"({mine['p50_ms']:.3f} against {theirs['p50_ms']:.3f} ms p50, LiteRT "
+                f"{mine.get('engine') or 'default'}, 1 thread, batch 1)")
+        if ratio >= 1.0:
+            why = "int8 paid off on this CPU"
+        else:
+            causes = []
+            if mine.get("engine") == "builtin":
+                causes.append("the int8 file ran on LiteRT's builtin kernels, not XNNPACK")
+            if not isa & set(VNNI):
+                causes.append("this CPU has no VNNI, so each 8-bit multiply-add takes several "
+                              "instructions (widen to 16 bits, multiply, add pairs) where float "
+                              "needs one FMA")
+            causes.append("the file quantizes its float input and dequantizes its output on "
+                          "every call, a fixed cost that a small model does not amortize")
+            why = ("int8 was slower than float on this CPU, as often on x86 desktops "
+                   "(tfmot#599, #797): " + "; ".join(causes))
+        out.append({"artifact": row["name"], "float_artifact": ref["name"],
+                    "int8_p50_ms": mine["p50_ms"], "float_p50_ms": theirs["p50_ms"],
+                    "speedup": ratio, "engine": mine.get("engine"), "sentence": f"{head}: {why}."})
+    return out
+
+
+def _complexity_markdown(report: dict[str, Any]) -> list[str]:
+    """Parameters and MACs per artifact (exports take their Keras parent's), and each
+    structured-pruned model beside its from-scratch control."""
+    rows = report["artifacts"]
+    base = next((r for r in rows if r["name"] == report["baseline"]), None)
+    counted = [r for r in rows if r.get("macs") is not None]
+    if not counted:
+        return []
+    lines = ["", "## Complexity", "", "Analytic counts per example (batch 1); MACs are "
+             "multiply-accumulates of convolutions and dense layers, zero weights included.", "",
+             "| artifact | format | params (count) | MACs (millions) | x fewer MACs | accuracy |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in counted:
+        fewer = _ratio(base and base.get("macs"), r["macs"])
+        lines.append(f"| `{r['name']}` | {r['format']} | {r['params']:,} | {r['macs'] / 1e6:.3f} "
+                     f"| {_x(fewer)} | {_num(r.get('accuracy'), '.2%')} |")
+    for scratch in (r for r in rows if r.get("from_scratch")):
+        tuned = next((r for r in rows if r["parent"] == scratch["parent"] and r["stage"] == scratch["stage"]
+                      and r["format"] == "keras" and not r.get("from_scratch")), None)
+        if tuned is None or tuned.get("accuracy") is None or scratch.get("accuracy") is None:
+            continue
+        gap = (tuned["accuracy"] - scratch["accuracy"]) * 100
+        lines += ["", f"- Pruned and fine-tuned `{tuned['name']}`: {tuned['accuracy']:.2%}; the same "
+                  f"architecture trained from scratch, `{scratch['name']}` (the control of Liu et al., "
+                  f"\"Rethinking the Value of Network Pruning\"): {scratch['accuracy']:.2%} "
+                  f"({gap:+.2f} points for pruning and fine-tuning)."]
+    return lines
+
+
 # -- markdown ---------------------------------------------------------------------------------
 def _fmt_bytes(n) -> str:
     return "–" if n is None else f"{n:,}"
@@ -305,14 +400,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += _pareto_markdown(report)
     lines += ["", "## Latency", "",
-              "| artifact | runtime | engine | device | threads | batch | p50 ms | p90 ms | p99 ms | runs |",
-              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+              "| artifact | runtime | engine | device | threads | batch | p50 ms | p90 ms | p99 ms "
+              "| cv | runs | load ms |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         for l in r["latency"]:
             lines.append(f"| `{r['name']}` | {l['runtime']} | {l.get('engine') or '–'} | "
                          f"{l['device']} | {l['threads']} | {l['batch']} | "
                          f"{_num(l.get('p50_ms'), '.3f')} | {_num(l.get('p90_ms'), '.3f')} | "
-                         f"{_num(l.get('p99_ms'), '.3f')} | {l.get('runs')} |")
+                         f"{_num(l.get('p99_ms'), '.3f')} | {_num(l.get('cv'), '.1%')} | "
+                         f"{l.get('runs')} | {_num(l.get('load_ms'), '.1f')} |")
+    lines += ["", "cv: coefficient of variation of the timed runs (standard deviation / mean); "
+              "load ms: loading and initializing the runtime, apart from the timed runs."]
+    lines += _complexity_markdown(report)
     lines += ["", "## Sparsity and speed", ""]
     lines += [f"- {s['sentence']}" for s in report["sparsity_and_speed"]] or [
         "- No sparse exported artifact was measured in this run."]
@@ -322,6 +422,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines += ["", "## Environment", "", f"- CPU: {env.get('cpu')} ({env.get('cores')} cores; "
               f"ISA: {', '.join(env.get('isa', [])) or 'unknown'})",
+              f"- {isa_summary(env.get('isa'))}",
+              *[f"- {e['sentence']}" for e in report.get("int8_vs_float") or []],
               f"- GPU: {', '.join(env.get('gpu') or []) or 'none'}",
               "- " + ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))]
     if report["notes"]:

@@ -14,7 +14,8 @@ from pipeline.stage import check_count, require
 from benchmarks.accuracy import accuracy, predict_all, top1_agreement
 from benchmarks.eligibility import eligibility
 from benchmarks.measure import file_size, measure_latency
-from benchmarks.runtimes import gpu_devices, open_runtime
+from benchmarks.complexity import keras_complexity
+from benchmarks.runtimes import ORT_GPU_PROVIDERS, gpu_devices, open_runtime
 from benchmarks.sparse_kernel import csr_reference
 from benchmarks.sparsity import size_floor_bytes, weight_sparsity
 
@@ -27,7 +28,11 @@ class Benchmark:
 
     Accuracy is computed on the full test set (or `accuracy_limit` examples) by the artifact's
     own runtime: Keras, LiteRT or onnxruntime. Latency is measured for TFLite and ONNX files at
-    each (threads, batch) pair of `latency`; threads 0 means all cores.
+    each (threads, batch) pair of `latency`; threads 0 means all cores. Each latency row also
+    holds the runtime's load/init time (`load_ms`), measured apart from inference. GPU rows are
+    added for ONNX files when onnxruntime has a CUDA or TensorRT provider (TensorRT with its 2:4
+    sparse tactics enabled), and for Keras files when TensorFlow sees a GPU. Keras files also get
+    their parameter count and MACs per example (`complexity`, see benchmarks.complexity).
 
     With `sparse_kernels`, every artifact with at least 30% zero weights also gets: per-layer
     eligibility labels (`eligibility`, for .tflite/.onnx), a LiteRT run at 1 thread, batch 1
@@ -43,7 +48,7 @@ class Benchmark:
     accepts: ClassVar[tuple[str, ...]] = KERAS_KINDS
     produces: ClassVar[str | None] = None
 
-    latency: tuple[tuple[int, int], ...] = ((1, 1), (0, 32))
+    latency: tuple[tuple[int, int], ...] = ((1, 1), (1, 32), (0, 1), (0, 32))
     warmup: int = 10
     min_runs: int = 50
     min_seconds: float = 1.0
@@ -94,9 +99,11 @@ class Benchmark:
         if reference is not None:
             m["top1_agreement"] = top1_agreement(logits, reference)
         m["latency"] = []
-        if target.format == "keras":
-            return m
-        devices = ["cpu"] + (["gpu"] if gpus and target.format == "onnx" else [])
+        if target.format == "keras" and target.kind == "keras":
+            complexity = keras_complexity(runtime.model)  # ("params" above counts pruned weights only)
+            m["complexity"] = {"params": complexity["params"], "macs": complexity["macs"]}
+        # Keras models still wrapped for training (pruning, QAT) are not deployment artifacts.
+        devices = latency_devices(target.format, gpus) if target.kind in ("keras", target.format) else []
         for device in devices:
             for threads, batch in self.latency:
                 m["latency"].append(self._latency(target, device, threads, batch, x))
@@ -127,6 +134,7 @@ class Benchmark:
         runtime = (open_runtime(target.path, "tflite", threads=threads, resolver=resolver)
                    if target.format == "tflite" else
                    open_runtime(target.path, target.format, threads=threads, device=device))
+        options = getattr(runtime, "provider_options", None)
         sample = x[:batch]
         if len(sample) < batch:  # fewer test examples than the batch: repeat them
             sample = x[[i % len(x) for i in range(batch)]]
@@ -136,4 +144,17 @@ class Benchmark:
                 "threads": threads or os.cpu_count(), "batch": batch,
                 "engine": getattr(runtime, "delegate", None) or getattr(runtime, "provider", None),
                 "load_ms": round(runtime.load_ms, 3),
-                **({"resolver": resolver} if target.format == "tflite" else {}), **stats}
+                **({"resolver": resolver} if target.format == "tflite" else {}),
+                **({"provider_options": options} if options else {}), **stats}
+
+
+def latency_devices(fmt: str, gpus: list[str]) -> list[str]:
+    """Devices to time a file of format `fmt` on, given gpu_devices(): ONNX on the CPU, and on
+    the GPU when onnxruntime has a CUDA or TensorRT provider; TFLite on the CPU only; Keras only
+    on a TensorFlow GPU (on the CPU its exports are what gets deployed and timed)."""
+    if fmt == "onnx":
+        ort_gpu = any(g.split(":", 1)[-1] in ORT_GPU_PROVIDERS for g in gpus if g.startswith("onnxruntime:"))
+        return ["cpu", "gpu"] if ort_gpu else ["cpu"]
+    if fmt == "keras":
+        return ["gpu"] if any(g.startswith("tensorflow:") for g in gpus) else []
+    return ["cpu"]

@@ -13,6 +13,7 @@ from pipeline.stage import check_count, check_fraction, require
 from stages._fit import check_distill, check_learning_rate, check_lr_decay, fit, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
+POLICIES = ("xnnpack",)  # tfmot's PruneForLatencyOnXNNPack
 WARN_GAP = 0.05  # achieved sparsity this far below the target gets a note in the report
 
 
@@ -31,6 +32,9 @@ class Prune:
     `distill=0.5` fine-tunes against the run's dense baseline as a teacher too (see
     `stages._fit.fit`). `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
     layer of a CNN usually takes far more pruning than its convs).
+    `pruning_policy="xnnpack"` applies tfmot's `PruneForLatencyOnXNNPack`: it checks that the model
+    is a graph XNNPACK's sparse inference can run (a 3x3 stride-2 stem conv on a padded 3-channel
+    input, then supported ops up to a global average pooling) and prunes only its 1x1 convs.
     Put `strip` after this stage to get a plain Keras model.
     """
 
@@ -54,6 +58,7 @@ class Prune:
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
     layer_sparsity: tuple[tuple[str, float], ...] = ()
+    pruning_policy: str | None = None
 
     def __post_init__(self):
         n = self.name
@@ -99,6 +104,9 @@ class Prune:
                 f"both. Received: block_size={self.block_size!r}, sparsity_m_by_n={mn!r}")
         require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
                 f"layers must be a list of layer names. Received: layers={self.layers!r}")
+        require(self.pruning_policy is None or self.pruning_policy in POLICIES, n,
+                f"pruning_policy must be one of {', '.join(map(repr, POLICIES))} or unset. "
+                f"Received: pruning_policy={self.pruning_policy!r}")
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         import tensorflow_model_optimization as tfmot
@@ -152,7 +160,9 @@ class Prune:
         return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
 
     def _targets(self, model, ctx) -> set[str]:
-        prunable = [layer.name for layer in model.layers if _prunable(layer, self.block_size)]
+        allowed = _policy_filter(self.pruning_policy, model)
+        prunable = [layer.name for layer in model.layers
+                    if _prunable(layer, self.block_size) and allowed(layer)]
         unknown = [name for name in self.layers if name not in prunable]
         if unknown or not prunable:
             block = "" if self.block_size == (1, 1) else f" with block_size={self.block_size}"
@@ -160,7 +170,7 @@ class Prune:
                               f"({', '.join(prunable) or 'none'}); received layers={list(self.layers)!r}: "
                               "list only those layers, or leave layers empty to prune them all")
         left = [layer.name for layer in model.layers if layer.name not in prunable
-                and _prunable(layer, (1, 1)) and not self.layers]
+                and _prunable(layer, (1, 1)) and allowed(layer) and not self.layers]
         if left:
             ctx.note(f"prune: block_size={self.block_size} left {', '.join(left)} dense: "
                      "tfmot's block sparsity needs 2-D kernels larger than the block")
@@ -197,6 +207,23 @@ def _pruned_sparsity(wrappers) -> tuple[float, dict[str, float]]:
                  for name, c in counts.items()}
     zeros = sum(z for c in counts.values() for z, _ in c)
     return zeros / max(sum(n for c in counts.values() for _, n in c), 1), per_layer
+
+
+def _policy_filter(policy: str | None, model):
+    """tfmot's pruning policy as a layer filter, after its whole-model check (what
+    prune_low_magnitude(model, pruning_policy=...) does, kept per layer for layer_sparsity)."""
+    if policy is None:
+        return lambda layer: True
+    import tensorflow_model_optimization as tfmot
+
+    rule = tfmot.sparsity.keras.PruneForLatencyOnXNNPack()
+    try:
+        rule.ensure_model_supports_pruning(model)
+    except ValueError as exc:
+        raise ConfigError(f"stage 'prune': pruning_policy='xnnpack' expected a model XNNPACK's sparse "
+                          f"inference can run; received {model.name!r}, where tfmot says: {exc}. Fix: "
+                          "build the model in that shape (e.g. mobilenet_v2) or unset pruning_policy") from None
+    return rule.allow_pruning
 
 
 def _is_int(value) -> bool:

@@ -6,7 +6,7 @@ import pipeline  # noqa: F401
 import numpy as np
 import pytest
 
-from benchmarks.runtimes import gpu_devices, open_runtime, select_ort_providers
+from benchmarks.runtimes import gpu_devices, open_runtime, ort_provider_options, select_ort_providers
 from pipeline.errors import ConfigError
 
 
@@ -104,3 +104,51 @@ def test_select_ort_providers_errors():
         select_ort_providers(["AzureExecutionProvider", "CPUExecutionProvider"], "gpu")
     with pytest.raises(ConfigError, match="device"):
         select_ort_providers(["CPUExecutionProvider"], "tpu")
+
+
+def test_tensorrt_gets_its_2_4_sparse_tactics_and_the_others_no_options():
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_provider_options(providers) == [{"trt_sparsity_enable": True}, {}, {}]
+    assert ort_provider_options(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [{}, {}]
+
+
+def test_gpu_session_asks_tensorrt_for_sparsity_without_a_gpu(files, tiny_data, monkeypatch):
+    """Provider selection end to end, with onnxruntime's GPU providers faked: the session gets
+    TensorRT first with trt_sparsity_enable, and the runtime records what it was given."""
+    import onnxruntime as ort
+
+    real, seen = ort.InferenceSession, {}
+
+    class FakeGpuSession:
+        def __init__(self, path, sess_options=None, providers=None, provider_options=None):
+            seen.update(providers=providers, options=provider_options)
+            self._cpu = real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+        def get_providers(self):
+            return list(seen["providers"])
+
+        def get_provider_options(self):
+            return dict(zip(seen["providers"], seen["options"]))
+
+        def __getattr__(self, name):
+            return getattr(self._cpu, name)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [
+        "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FakeGpuSession)
+    rt = open_runtime(files["onnx"], "onnx", device="gpu")
+    assert seen["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert seen["options"] == [{"trt_sparsity_enable": True}, {}, {}]
+    assert (rt.device, rt.delegate) == ("gpu", "TensorrtExecutionProvider")
+    assert rt.provider_options == {"trt_sparsity_enable": True}
+    assert rt.predict(tiny_data.x_test[:3]).shape == (3, 4)
+
+
+def test_litert_fast_path_and_checked_path_agree(files, tiny_data):
+    rt = open_runtime(files["tflite"], "tflite")
+    x = tiny_data.x_test[:2].astype(np.float32)
+    fast = rt.predict(x)  # float32 ndarray of the allocated shape after the first call
+    np.testing.assert_array_equal(rt.predict(x), fast)
+    np.testing.assert_allclose(rt.predict(x.astype(np.float64).tolist()), fast, atol=1e-6)
+    with pytest.raises(ConfigError, match="expects input of shape"):
+        rt.predict(np.zeros((2, 3), np.float32))

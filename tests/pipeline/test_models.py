@@ -59,6 +59,21 @@ def test_cnn_layers_and_width():
     assert build_model("cnn", (28, 28, 1), 10, width=0.001).get_layer("conv2").filters == 1
 
 
+@pytest.mark.parametrize("width", [0.35, 1.0])
+def test_mobilenet_v2_matches_keras_layer_for_layer(width):
+    """Same parameters and layer names as keras.applications.MobileNetV2; only the stride-2
+    padding differs (1 on each side, explicit), which keeps every shape."""
+    ours = build_model("mobilenet_v2", (32, 32, 3), 10, width=width)
+    ref = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=width, weights=None,
+                                         classes=10, classifier_activation=None)
+    assert ours.count_params() == ref.count_params()
+    for layer in ref.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization, keras.layers.Add)):
+            assert ours.get_layer(layer.name).output_shape == layer.output_shape, layer.name
+    pads = [l for l in ours.layers if isinstance(l, keras.layers.ZeroPadding2D)]
+    assert len(pads) == 5 and all(p.padding == ((1, 1), (1, 1)) for p in pads)
+
+
 def test_vgg16_structure():
     model = build_model("vgg16", (28, 28, 1), 10, width=0.0625)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

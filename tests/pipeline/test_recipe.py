@@ -79,3 +79,18 @@ def test_input_branches_from_an_earlier_step():
                             {"stage": "prune", "name": "prune_again", "input": "train"},
                             {"stage": "strip", "name": "strip_again"}), STAGES)
     assert [(s.name, s.input) for s in r][3] == ("prune_again", "train")
+
+
+def test_speed_recipe_shape():
+    r = load_recipe("speed", STAGES)
+    assert [s.stage.name for s in r] == ["train", "structured_prune", "export", "quantize", "benchmark"]
+    pruning, quantize = r[1].stage, r[3].stage
+    assert pruning.from_scratch and pruning.reduction >= 0.8
+    assert quantize.mode == "int8" and quantize.io == "float"
+    assert (1, 1) in r[4].stage.latency
+
+
+def test_xnnpack_recipe_prunes_with_the_xnnpack_policy():
+    r = load_recipe("xnnpack", STAGES)
+    assert [s.stage.name for s in r] == ["train", "prune", "strip", "export", "benchmark"]
+    assert r[1].stage.pruning_policy == "xnnpack"
