@@ -25,8 +25,8 @@ class Prune:
     >>> arts[0].kind, arts[0].meta["achieved_sparsity"]
     ('keras:pruning', 0.75)
 
-    `end_step=None` ends pruning at 75% of the fine-tune steps (the rest fine-tunes at the final
-    sparsity); `frequency=None` updates the masks >= 25 times in that window. tfmot's own
+    `end_step=None` ends pruning at `ramp` (75%) of the fine-tune steps (the rest fine-tunes at
+    the final sparsity); `frequency=None` updates the masks >= 25 times in that window. tfmot's own
     default (every 100 steps) prunes nothing on small data. `sparsity_m_by_n=(2, 4)` zeroes 2 of
     every 4 consecutive input-channel weights, and then the schedule's sparsities are unused.
     `distill=0.5` fine-tunes against the run's dense baseline as a teacher too (see
@@ -58,6 +58,7 @@ class Prune:
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
     layer_sparsity: tuple[tuple[str, float], ...] = ()
+    ramp: float = 0.75
     pruning_policy: str | None = None
 
     def __post_init__(self):
@@ -88,6 +89,9 @@ class Prune:
             require(_is_int(self.end_step) and self.end_step > self.begin_step, n,
                     f"end_step must be an integer > begin_step={self.begin_step}, or unset for 75% of "
                     f"the fine-tune steps. Received: end_step={self.end_step!r}")
+        require(isinstance(self.ramp, (int, float)) and not isinstance(self.ramp, bool) and 0 < self.ramp <= 1,
+                n, f"ramp must be in (0, 1], the share of the fine-tune steps over which sparsity rises "
+                f"(the rest fine-tunes at the final sparsity). Received: ramp={self.ramp!r}")
         if self.frequency is not None:
             check_count(n, "frequency", self.frequency, minimum=1)
         check_count(n, "epochs", self.epochs, minimum=1)
@@ -187,7 +191,7 @@ class Prune:
             raise ConfigError(f"stage 'prune': end_step={self.end_step} is past the last fine-tune step "
                               f"({steps} = {self.epochs} epochs x {steps // self.epochs} steps): "
                               "lower end_step or raise epochs")
-        last = self.end_step if self.end_step is not None else (3 * steps) // 4
+        last = self.end_step if self.end_step is not None else int(steps * self.ramp)
         if last <= self.begin_step:
             raise ConfigError(f"stage 'prune': begin_step={self.begin_step} leaves no pruning window before "
                               f"step {last} ({steps} fine-tune steps): lower begin_step or raise epochs")

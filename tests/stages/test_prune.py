@@ -182,6 +182,7 @@ def test_begin_step_after_the_pruning_window(ctx, trained):
     ({"sparsity_m_by_n": (2, 4), "block_size": (1, 4)}, "either block_size or sparsity_m_by_n"),
     ({"layers": "dense"}, "layers must be a list of layer names"),
     ({"layer_sparsity": {"dense": 1.2}}, r"layer_sparsity\['dense'\] must be in \[0, 1\)"),
+    ({"ramp": 0}, r"ramp must be in \(0, 1\]"),
     ({"layer_sparsity": ["dense"]}, "layer_sparsity must map layer names to sparsities"),
     ({"initial_sparsity": 0.5, "layer_sparsity": {"dense": 0.3}}, "must be >= initial_sparsity"),
 ])
@@ -193,3 +194,10 @@ def test_bad_parameters_raise_config_error(kwargs, match):
 def test_lists_from_a_recipe_become_tuples():
     stage = Prune(block_size=[1, 4], layers=["dense"])
     assert stage.block_size == (1, 4) and stage.layers == ("dense",)
+
+
+def test_ramp_ends_pruning_at_that_share_of_the_steps(ctx, trained):
+    [out] = run(Prune(final_sparsity=0.6, epochs=2, ramp=0.5), trained, ctx)
+    steps, end, freq = out.meta["steps"], out.meta["end_step"], out.meta["frequency"]
+    assert steps // 2 - freq < end <= steps // 2 and end % freq == 0
+    assert abs(out.meta["achieved_sparsity"] - 0.6) <= 0.03
