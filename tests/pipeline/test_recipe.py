@@ -19,8 +19,14 @@ def test_every_shipped_recipe_loads():
 
 def test_default_recipe_shape():
     r = load_recipe("default", STAGES)
-    assert [s.name for s in r] == ["train", "prune", "strip", "export", "benchmark"]
-    assert r[1].stage.final_sparsity == 0.8
+    names = [s.name for s in r]
+    assert names[:4] == ["train", "prune", "strip", "cluster"]
+    assert names.index("export") < names.index("benchmark")
+    assert r[1].stage.final_sparsity >= 0.8 and r[3].stage.preserve_sparsity
+    modes = {s.stage.mode for s in r if s.stage.name == "quantize"}
+    assert {"pcqat", "int8", "dynamic"} <= modes
+    structured = next(s for s in r if s.stage.name == "structured_prune")
+    assert structured.input == "train"
 
 
 def test_overrides_replace_parameters():
