@@ -31,8 +31,10 @@ Reproducibility: the same model file, metadata and labels give the same bytes: J
 keys, no timestamps or absolute paths in the metadata, zip entries in a fixed order with the
 date 1980-01-01 00:00:00, mode 0644, creator "unix" and deflate level 9 (the deflate stream is
 zlib's; another zlib build may compress differently). The file written by tflite-support's
-MetadataPopulator is NOT reproducible (its appended zip carries the wall-clock time); this
-module's equivalent is.
+MetadataPopulator is NOT reproducible: it appends the associated files with `zipfile.write`,
+which records each file's modification time and mode; this module's equivalent is. The model
+files themselves are byte-identical from run to run on one machine and one set of versions
+(TFLite converter and tf2onnx, the latter once `exporters.onnx` renumbers its generated names).
 """
 from __future__ import annotations
 

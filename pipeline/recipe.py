@@ -125,8 +125,14 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
                               f"step; expected one of {', '.join(['source', *seen])}")
         seen.add(step.name)
         steps.append(step)
+    from pipeline.gate import check_thresholds  # a typo in [gate] fails before training
+
+    gate = data.get("gate", {})
+    if not isinstance(gate, Mapping):
+        raise ConfigError(f"recipe: 'gate' must be a table ([gate]). Received: {type(gate).__name__}")
     recipe = Recipe(name=str(data.get("name", "recipe")), steps=tuple(steps),
-                    description=str(data.get("description", "")), gate=dict(data.get("gate", {})))
+                    description=str(data.get("description", "")),
+                    gate=check_thresholds(gate, "recipe [gate]"))
     check_chain(recipe, start_kind)
     return recipe
 
@@ -166,6 +172,12 @@ def check_chain(recipe: Recipe, start_kind: str = "keras") -> None:
     """Each stage must accept the kind of model the stages before it leave current."""
     current, after = start_kind, {"source": start_kind}
     for i, step in enumerate(recipe.steps, 1):
+        before = {s.stage.name for s in recipe.steps[:i - 1]}
+        missing = [k for k in getattr(step.stage, "requires", ()) if k not in before]
+        if missing:
+            raise ConfigError(
+                f"recipe step {i} '{step.name}' needs a '{missing[0]}' step before it, and the "
+                f"recipe has none before step {i}: put '{step.stage.name}' after '{missing[0]}'")
         current = after[step.input] if step.input else current
         accepts = step.stage.accepts
         if current not in accepts:

@@ -13,6 +13,9 @@ and turns one input artifact into output artifacts without mutating the input:
 ...         model = strip_pruning(ctx.keras_model(art))
 ...         return [ctx.save_model(self, model, "pruned", parent=art, kind="keras")]
 
+A stage may also declare `requires`, the stage types that must run earlier in the recipe
+(bundle needs benchmark's measurements); the recipe is checked for them before anything runs.
+
 `produces` is the kind of the Keras artifact that the next stage receives. A stage whose
 outputs are only files for deployment (export, benchmark) has `produces = None`, and the next
 stage gets the same input this one got.

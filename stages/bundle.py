@@ -32,6 +32,7 @@ class Bundle:
     name: ClassVar[str] = "bundle"
     accepts: ClassVar[tuple[str, ...]] = KERAS_KINDS
     produces: ClassVar[str | None] = None
+    requires: ClassVar[tuple[str, ...]] = ("benchmark",)  # checked when the recipe loads
 
     zip: bool = True
     formats: tuple[str, ...] = FORMATS
@@ -72,7 +73,7 @@ class Bundle:
         for target in targets:
             if content_sha256(target.path) != target.sha256:
                 raise StageError(f"stage 'bundle': {target.path} changed since it was recorded "
-                                 f"(sha256 differs); rerun the recipe without the cache")
+                                 f"(sha256 differs); run again with --no-cache")
             metadata = build_metadata(
                 target.path, name=target.name, labels=ctx.data.labels,
                 normalization=ctx.data.normalization, measurement=ctx.measurements[target.name],
@@ -89,6 +90,13 @@ class Bundle:
                 "sha256": metadata["sha256"]}
         write_bytes_atomic(out_dir / "bundles.json", (json.dumps(
             {"bundles": index, "skipped": skipped}, indent=2, sort_keys=True) + "\n").encode())
+        where = out_dir.name  # the runner writes into .NN-step.tmp/ and renames it NN-step/
+        if where.startswith(".") and where.endswith(".tmp"):
+            where = where[1:-len(".tmp")]
+        ctx.note(f"bundle: {len(index)} edge bundle{'s' if len(index) != 1 else ''} in "
+                 f"{where}/ ({', '.join(index)}): model file, labels.txt and metadata.json"
+                 + (", and a zip with a MANIFEST.json" if self.zip else "")
+                 + "; index in bundles.json.")
         return []
 
 

@@ -32,6 +32,19 @@ def test_onnx_export_checks_and_matches_keras(tiny_model, tiny_data, tmp_path):
         raise_on_mismatch({"tiny.onnx": bad})
 
 
+def test_exporting_twice_in_one_process_gives_the_same_bytes(tiny_model, tiny_data, tmp_path):
+    # tf2onnx numbers the names it makes from a process-wide counter; export_onnx renumbers them
+    import onnx
+
+    first = export_onnx(tiny_model, tmp_path / "a.onnx").read_bytes()
+    second = export_onnx(tiny_model, tmp_path / "b.onnx").read_bytes()
+    assert first == second
+    names = [n.name for n in onnx.load_from_string(first).graph.node]
+    assert len(set(names)) == len(names) and any(n.endswith("__1") for n in names)
+    x = tiny_data.x_test[:32]
+    assert check_parity(tiny_model(x, training=False).numpy(), tmp_path / "b.onnx", "onnx", x)["passed"]
+
+
 def test_onnx_conversion_failure_is_one_line_and_leaves_no_file(tiny_model, tmp_path, monkeypatch):
     import tf2onnx
 

@@ -263,6 +263,19 @@ def test_unknown_gate_key_in_recipe(report_path, tmp_path):
         run_gate(parse("--report", str(report_path), "--recipe", str(recipe)))
 
 
+def test_a_bad_gate_table_fails_when_the_recipe_loads(tmp_path):
+    # before any training: 'slimpipe compress' loads the recipe first
+    from pipeline.recipe import load_recipe
+    from stages import STAGES
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[stages]]\nstage = "train"\n[gate]\nmin_accuracy = 92\n')
+    with pytest.raises(ConfigError, match="min_accuracy is a fraction between 0 and 1.*0.92"):
+        load_recipe(recipe, STAGES)
+    recipe.write_text('[[stages]]\nstage = "train"\n[gate]\nmax_gzip_bytes = 1000\n')
+    assert load_recipe(recipe, STAGES).gate == {"max_gzip_bytes": 1000}
+
+
 def test_shipped_recipe_gate_table_is_used(report_path):
     from pipeline.gate import recipe_gate
     gate = recipe_gate("default")
