@@ -127,10 +127,15 @@ def _compress(args) -> int:
     source = save_source(ctx, model, spec=args.model, width=args.width, trained=trained,
                          model_sha256=_file_sha256(args.model), cache=not args.no_cache)
     run_recipe(recipe, source, ctx, cache=not args.no_cache)
-    reused = [t["name"] for t in ctx.stage_timings if t.get("reused")]
+    reused = [t for t in ctx.stage_timings if t.get("reused")]
     if reused:
+        ran = [t.get("ran_seconds") for t in reused]
+        took = "" if None in ran else f"; they took {sum(ran):.0f} s when they ran"
+        measured = [t["name"] for t in reused if t["stage"] == "benchmark"]
         ctx.note(f"Reused {len(reused)} of {len(recipe)} stages from an earlier run in {out} "
-                 f"({', '.join(reused)}); pass --no-cache to run everything again.")
+                 f"({', '.join(t['name'] for t in reused)}{took})"
+                 + (f"; the measurements of '{measured[0]}', latency included, are that run's"
+                    if measured else "") + "; pass --no-cache to run everything again.")
     report = build_report(ctx, recipe=recipe.name, environment=environment())
     images = write_plots(report, out)
     json_path, md_path = write_report(report, out)

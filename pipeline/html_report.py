@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.plots import pareto_table, smallest_sentence
-from pipeline.report import _fmt_bytes, _ratio, _x, sparse_kernels, sparsity_and_speed, table_rows
+from pipeline.report import (_fmt_bytes, _ratio, _x, cache_status, sparse_kernels,
+                             sparsity_and_speed, table_rows)
 
 ALT = {
     "size_vs_accuracy.png": "Gzip size (KB, log scale) against accuracy for every artifact, "
@@ -208,18 +209,23 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
     parts += ["</ul>", *_sparse_kernel_parts(report), "<h2>Lineage</h2>"]
     stage_rows = []
     for s in report.get("stages") or []:
-        made = [r["name"] for r in rows if r.get("stage") == s.get("stage")]
+        folder = s.get("folder")  # OUT/NN-step/, where the step wrote its files
+        made = [r["name"] for r in rows if (str(r.get("path", "")).startswith(f"{folder}/")
+                                            if folder else r.get("stage") == s.get("stage"))]
+        status = cache_status(s)
         stage_rows.append([_e(s.get("name")), _e(s.get("stage")),
                            _e(_num(s.get("seconds"), ".1f")),
+                           f'<span class="{"ok" if s.get("reused") else "muted"}">{_e(status)}</span>',
                            ", ".join(f"<code>{_e(n)}</code>" for n in made) or "–"])
-    parts += [_table("lineage", "Stages in the order they ran, and what each kind of stage made",
-                     ["step", "stage", "seconds", "artifacts"], stage_rows, numeric={2}),
+    parts += [_table("lineage", "Steps in the order they ran, whether each was reused from an "
+                     "earlier run, and the artifacts it made",
+                     ["step", "stage", "seconds", "cache", "artifacts"], stage_rows, numeric={2}),
               "<h3>Artifact tree (parent → child)</h3>", f'<div id="tree">{_tree(report)}</div>',
               "<h2>Environment</h2>",
               _table("environment", "Where this run was measured", ["key", "value"],
                      _environment(report.get("environment") or {}))]
     if report.get("notes"):
-        parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{_e(n)}</li>" for n in report["notes"]]
+        parts += ["<h2>Notes</h2>", '<ul id="notes">'] + [f"<li>{_e(n)}</li>" for n in report["notes"]]
         parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -417,8 +417,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"- {s['sentence']}" for s in report["sparsity_and_speed"]] or [
         "- No sparse exported artifact was measured in this run."]
     lines += _sparse_kernels_markdown(report)
-    lines += ["", "## Stages", "", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {s['name']} | {s['seconds']:.1f} |" for s in report["stages"]]
+    lines += ["", "## Stages", "", "| step | stage | seconds | cache |", "|---|---|---:|---|"]
+    lines += [f"| {s['name']} | {s.get('stage', s['name'])} | {s['seconds']:.1f} | "
+              f"{cache_status(s)} |" for s in report["stages"]]
     env = report["environment"]
     lines += ["", "## Environment", "", f"- CPU: {env.get('cpu')} ({env.get('cores')} cores; "
               f"ISA: {', '.join(env.get('isa', [])) or 'unknown'})",
@@ -429,6 +430,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def cache_status(stage: dict[str, Any]) -> str:
+    """'ran', or 'reused' with what the step took when it ran (a stage timing row)."""
+    if not stage.get("reused"):
+        return "ran"
+    ran = stage.get("ran_seconds")
+    return "reused from an earlier run" + ("" if ran is None else f" (it ran in {ran:.1f} s)")
 
 
 def _sparse_kernels_markdown(report: dict[str, Any]) -> list[str]:

@@ -78,10 +78,13 @@ def run_recipe(recipe: Recipe, source: Artifact, ctx: RunContext,
         reused = outputs is not None
         if not reused:
             log(f"[slimpipe] ({i} of {total}) {step.name} on '{current.name}'")
-            outputs = _run_step(step, label, current, ctx, key)
+            outputs = _run_step(step, label, current, ctx, key, started)
         seconds = time.perf_counter() - started
-        ctx.stage_timings.append({"name": step.name, "stage": step.stage.name,
-                                  "seconds": round(seconds, 3), "reused": reused})
+        timing = {"name": step.name, "stage": step.stage.name, "folder": label,
+                  "seconds": round(seconds, 3), "reused": reused}
+        if reused:  # what the step cost when it ran, so the report can say what reuse saved
+            timing["ran_seconds"] = _manifest(ctx.out_dir / label).get("seconds")
+        ctx.stage_timings.append(timing)
         made = ", ".join(a.name for a in outputs) or "no new artifacts"
         verb = "reused from an earlier run" if reused else f"done in {seconds:.1f} s"
         log(f"[slimpipe] ({i} of {total}) {step.name} {verb}: {made}")
@@ -91,7 +94,8 @@ def run_recipe(recipe: Recipe, source: Artifact, ctx: RunContext,
     return current
 
 
-def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str) -> list[Artifact]:
+def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str,
+              started: float) -> list[Artifact]:
     tmp, delta = _tmp_dir(ctx.out_dir, label), _Delta.start(ctx)
     ctx.stage_dir = tmp
     try:
@@ -105,7 +109,8 @@ def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str) ->
                          f"('{current.name}'): {type(exc).__name__}: {exc}") from exc
     finally:
         ctx.stage_dir = None
-    return _commit(ctx, tmp, ctx.out_dir / label, outputs, key, delta)
+    return _commit(ctx, tmp, ctx.out_dir / label, outputs, key, delta,
+                   seconds=time.perf_counter() - started)
 
 
 # -- cache keys and manifests -----------------------------------------------------------------
@@ -149,13 +154,14 @@ class _Delta:
 
 
 def _commit(ctx, tmp: Path, final: Path, outputs: list[Artifact], key: str,
-            delta: _Delta) -> list[Artifact]:
+            delta: _Delta, seconds: float | None = None) -> list[Artifact]:
     """Write the manifest, rename the finished folder into place, point artifacts at it."""
     tmp.mkdir(parents=True, exist_ok=True)
     moved = [dataclasses.replace(a, path=final / Path(a.path).relative_to(tmp))
              if Path(a.path).is_relative_to(tmp) else a for a in outputs]
     manifest = {"key": key, "outputs": [a.record() | {"path": str(a.path.relative_to(final))}
-                                        for a in moved], **delta.record(ctx)}
+                                        for a in moved], **delta.record(ctx),
+                "seconds": None if seconds is None else round(seconds, 3)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -163,14 +169,19 @@ def _commit(ctx, tmp: Path, final: Path, outputs: list[Artifact], key: str,
     return moved
 
 
-def _reuse(ctx: RunContext, folder: Path, key: str) -> list[Artifact] | None:
-    """Adopt a finished folder whose manifest has `key` and whose files are intact; returns
-    its artifacts, or None when it cannot be reused."""
+def _manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
-        return None
-    if manifest.get("key") != key:
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _reuse(ctx: RunContext, folder: Path, key: str) -> list[Artifact] | None:
+    """Adopt a finished folder whose manifest has `key` and whose files are intact; returns
+    its artifacts, or None when it cannot be reused."""
+    manifest = _manifest(folder)
+    if not manifest or manifest.get("key") != key:
         return None
     outputs = [Artifact.from_record(r, folder) for r in manifest["outputs"]]
     if any(not a.path.exists() or content_sha256(a.path) != a.sha256 for a in outputs):

@@ -77,9 +77,16 @@ def test_resume_after_kill_9_at_three_points_gives_the_same_numbers(recipe, unin
 
 def test_unchanged_rerun_reuses_every_stage_and_says_so(recipe, uninterrupted):
     out, first = uninterrupted
+    started = time.perf_counter()
     again = _run(recipe, out)
+    seconds = time.perf_counter() - started  # the whole process: imports, data, report
+    assert seconds < 30, f"a re-run with every stage cached took {seconds:.1f} s"
     assert all(s["reused"] for s in again["stages"])
+    assert all(s["ran_seconds"] > 0 for s in again["stages"])
     assert any("Reused 5 of 5 stages" in n for n in again["notes"])
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert md.count("| reused from an earlier run (it ran in ") == 5
+    assert page.count(">reused from an earlier run (it ran in ") == 5
     assert _numbers(again) == _numbers(first)
     fresh = _run(recipe, out, "--no-cache")
     assert not any(s["reused"] for s in fresh["stages"])

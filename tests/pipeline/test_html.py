@@ -50,9 +50,12 @@ def report():
             "recipe": "default", "baseline": "trained.h5",
             "environment": {"cpu": "test cpu", "cores": 2, "isa": ["avx2"], "gpu": [],
                             "versions": {"tensorflow": "2.21", "numpy": "2.0"}},
-            "stages": [{"name": "train", "stage": "train", "seconds": 12.5},
-                       {"name": "strip", "stage": "strip", "seconds": 0.4},
-                       {"name": "export", "stage": "export", "seconds": 3.0}],
+            "stages": [{"name": "train", "stage": "train", "folder": "01-train", "seconds": 0.01,
+                        "reused": True, "ran_seconds": 12.5},
+                       {"name": "strip", "stage": "strip", "folder": "02-strip", "seconds": 0.4,
+                        "reused": False},
+                       {"name": "export", "stage": "export", "folder": "03-export",
+                        "seconds": 3.0, "reused": False}],
             "artifacts": arts, "notes": ["ONNX export of pruned.h5 failed parity"],
             "sparsity_and_speed": [{"artifact": "pruned.tflite", "sentence":
                                     "pruned.tflite has 80% zero weights and runs at 1.02x."}]}
@@ -69,6 +72,18 @@ def test_self_contained_and_complete(report):
     assert "FAILED (3.0e-03)" in page and "3.81x" in page  # parity; raw size 800,000 / 210,000
     assert "runs at 1.02x" in page and "ONNX export of pruned.h5 failed parity" in page
     assert "test cpu" in page and "tensorflow 2.21" in page
+
+
+def test_lineage_names_each_steps_artifacts_and_what_was_reused(report):
+    for r in report["artifacts"]:
+        r["path"] = {"train": "01-train", "strip": "02-strip", "export": "03-export"}[r["stage"]] \
+            + "/" + r["name"]
+    page = render_html(report, {})
+    lineage = page.split('<table id="lineage">', 1)[1].split("</table>", 1)[0]
+    rows = lineage.split("<tbody>", 1)[1].split("</tr>")[:3]
+    assert "reused from an earlier run (it ran in 12.5 s)" in rows[0] and "<code>trained.h5</code>" in rows[0]
+    assert ">ran<" in rows[1] and "<code>pruned.h5</code>" in rows[1] and "trained.h5" not in rows[1]
+    assert "<code>pruned.sparse.tflite</code>" in rows[2] and "pruned.h5<" not in rows[2]
 
 
 def test_report_text_is_escaped(report):
@@ -93,11 +108,22 @@ def test_missing_measurements_render_as_dashes(report):
     assert '<table id="pareto">' in page and "–" in page and "None" not in page
 
 
-@pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+HAVE_BROWSER = os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+# CI sets SLIMPIPE_REQUIRE_BROWSER=1 so that a missing browser fails the run instead of skipping.
+REQUIRE_BROWSER = os.environ.get("SLIMPIPE_REQUIRE_BROWSER") == "1"
+
+
+@pytest.mark.skipif(not HAVE_BROWSER and not REQUIRE_BROWSER,
                     reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, "
-                           f"{CHROMEDRIVER}): apt-get install chromium chromium-driver")
+                           f"{CHROMEDRIVER}): make test-deps, or apt-get install chromium "
+                           "chromium-driver")
 def test_renders_in_headless_chromium(report, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+    assert HAVE_BROWSER, f"SLIMPIPE_REQUIRE_BROWSER=1 but {CHROMIUM} or {CHROMEDRIVER} is missing"
+    if REQUIRE_BROWSER:
+        import selenium.webdriver as webdriver
+    else:
+        webdriver = pytest.importorskip("selenium.webdriver",
+                                        reason="needs selenium (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
@@ -121,6 +147,14 @@ def test_renders_in_headless_chromium(report, tmp_path):
             rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
             assert table.is_displayed() and table.size["height"] > 0, table_id
             assert len(rows) >= min_rows and rows[0].is_displayed(), table_id
+        lineage = driver.find_element(By.ID, "lineage").text
+        assert "reused from an earlier run (it ran in 12.5 s)" in lineage
+        for element_id, text in (("summary", "Smallest deployable artifact"),
+                                 ("tree", "pruned.sparse.tflite"),
+                                 ("notes", "ONNX export of pruned.h5 failed parity")):
+            element = driver.find_element(By.ID, element_id)
+            driver.execute_script("arguments[0].scrollIntoView()", element)
+            assert element.is_displayed() and text in element.text, element_id
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) == 2
         for img in images:
@@ -129,6 +163,7 @@ def test_renders_in_headless_chromium(report, tmp_path):
             assert img.is_displayed()
             assert driver.execute_script(
                 "return arguments[0].complete && arguments[0].naturalWidth", img) > 0
+            assert img.size["width"] > 200 and img.size["height"] > 100  # drawn, not collapsed
         shot = tmp_path / "report.png"
         assert driver.save_screenshot(str(shot))
     finally:

@@ -117,6 +117,10 @@ def test_rerun_reuses_finished_steps_and_reruns_changed_ones(ctx, tiny_model):
                again, log=lambda s: None)
     assert [t["reused"] for t in again.stage_timings] == [True, True]
     assert {a.name: a.sha256 for a in again.artifacts} == first
+    # what each reused step cost when it ran, for the report's "reused (it ran in N s)"
+    assert [t["folder"] for t in again.stage_timings] == ["01-a", "02-b"]
+    assert all(t["ran_seconds"] > 0 for t in again.stage_timings)
+    assert "ran_seconds" not in ctx.stage_timings[0]
 
     changed = Recipe("t", (Step("a", Double("a1")), Step("b", Double("b2"))))
     third = _fresh(ctx)
