@@ -41,7 +41,8 @@ def agreement(path, reference_path, x):
 
 @pytest.mark.parametrize("weight_type", ["uint8", "int8"])
 def test_dynamic_is_smaller_integer_and_agrees(float_onnx, tiny_data, tmp_path, weight_type):
-    out = quantize_onnx_dynamic(float_onnx, tmp_path / "tiny.dynamic.onnx", weight_type=weight_type)
+    out = quantize_onnx_dynamic(float_onnx, tmp_path / "tiny.dynamic.onnx", weight_type=weight_type,
+                                keep_first_float=False)
 
     assert out == tmp_path / "tiny.dynamic.onnx"
     assert out.stat().st_size < float_onnx.stat().st_size
@@ -49,6 +50,17 @@ def test_dynamic_is_smaller_integer_and_agrees(float_onnx, tiny_data, tmp_path, 
     assert {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"} <= op_types(out)
     assert agreement(out, float_onnx, tiny_data.x_test) >= 0.9
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.dynamic.onnx"]  # no temporaries left
+
+
+def test_dynamic_keeps_the_first_layer_float_by_default(float_onnx, tiny_data, tmp_path):
+    out = quantize_onnx_dynamic(float_onnx, tmp_path / "tiny.dynamic.onnx")
+
+    nodes = onnx.load(str(out)).graph.node
+    weighted = [n.op_type for n in nodes if n.op_type in ("Conv", "ConvInteger", "MatMul", "MatMulInteger", "Gemm")]
+    assert weighted[0] == "Conv"  # the first layer reads the raw image in float
+    assert "ConvInteger" not in weighted and "MatMulInteger" in weighted  # the dense layers are int8
+    assert {"float32", "int8"} <= initializer_dtypes(out)
+    assert agreement(out, float_onnx, tiny_data.x_test) >= 0.9
 
 
 def test_static_qdq_is_smaller_integer_and_agrees(float_onnx, tiny_data, tmp_path):
@@ -66,6 +78,8 @@ def test_bad_input_is_refused_in_one_line(float_onnx, tiny_data, tmp_path):
         (lambda: quantize_onnx_dynamic(tmp_path / "missing.onnx", tmp_path / "q.onnx"), ConfigError, "does not exist"),
         (lambda: quantize_onnx_dynamic(float_onnx, float_onnx), ConfigError, "dst must differ"),
         (lambda: quantize_onnx_dynamic(float_onnx, tmp_path / "q.onnx", weight_type="int4"), ConfigError, "weight_type"),
+        (lambda: quantize_onnx_dynamic(float_onnx, tmp_path / "q.onnx", keep_first_float="no"),
+         ConfigError, "keep_first_float"),
         (lambda: quantize_onnx_static(float_onnx, tmp_path / "q.onnx", tiny_data.x_train[:8], input_name="x"),
          ConfigError, r"no model input named 'x'.*'input'"),
         (lambda: quantize_onnx_static(float_onnx, tmp_path / "q.onnx", np.zeros((4, 28, 28, 1))),

@@ -36,6 +36,16 @@ def _initializer_types(path):
             if len(t.dims) >= 2}
 
 
+def _float_weight_share(path):
+    """The share of weight-matrix elements (initializers of rank >= 2) stored as float."""
+    counts = {}
+    for t in onnx.load(str(path)).graph.initializer:
+        if len(t.dims) >= 2:
+            kind = onnx.TensorProto.DataType.Name(t.data_type)
+            counts[kind] = counts.get(kind, 0) + int(np.prod(t.dims))
+    return counts.get("FLOAT", 0) / sum(counts.values())
+
+
 def test_onnx_int8_files_hold_int8_weights_and_agree_with_keras(trained, tmp_path, tiny_data):
     arts = _run(Export(onnx_int8=("dynamic", "static"), calibration_samples=64), trained,
                 tmp_path, tiny_data)
@@ -45,7 +55,9 @@ def test_onnx_int8_files_hold_int8_weights_and_agree_with_keras(trained, tmp_pat
         art = arts[f"trained.{mode}.onnx"]
         assert art.meta["mode"] == f"int8-{mode}" and art.parent == "trained"
         assert _initializer_types(art.path) & {"INT8", "UINT8"}
-        assert "FLOAT" not in _initializer_types(art.path)
+        # static: every weight int8; dynamic keeps the first conv (8x3x3x3 of the tiny model's
+        # ~4,000 weights) in float by default
+        assert _float_weight_share(art.path) < (0.1 if mode == "dynamic" else 1e-9)
         check = art.meta["validation"]
         assert check["passed"] and check["top1_agreement"] >= 0.97
         assert art.path.stat().st_size < arts["trained.onnx"].path.stat().st_size
