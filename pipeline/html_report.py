@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from pipeline.plots import pareto_table, smallest_sentence
 from pipeline.report import (_fmt_bytes, _ratio, _x, cache_status, sparse_kernels,
-                             sparsity_and_speed, table_rows)
+                             sparsity_and_speed, speed_summary, table_rows)
 
 ALT = {
     "size_vs_accuracy.png": "Gzip size (KB, log scale) against accuracy for every artifact, "
@@ -204,7 +204,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
                 "on latency frontier"], _pareto_rows(report), numeric=set(range(3, 10))),
         "<h2>Sparsity and speed</h2>", "<ul>",
     ]
-    parts += [f"<li>{_e(s.get('sentence'))}</li>" for s in sentences] or [
+    parts += [f"<li>{_e(line)}</li>" for line in speed_summary(sentences)] or [
         "<li>No sparse exported artifact was measured in this run.</li>"]
     parts += ["</ul>", *_sparse_kernel_parts(report), "<h2>Lineage</h2>"]
     stage_rows = []

@@ -103,11 +103,31 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
+def precision(row: dict[str, Any]) -> str:
+    """An artifact's numeric mode: "float32" for plain exports and Keras models."""
+    return row.get("mode") or "float32"
+
+
+def speed_reference_for(row: dict[str, Any], rows: list[dict[str, Any]], baseline: str | None):
+    """(reference, same_precision): the dense baseline's file in the same format and, where the
+    run has one, the same precision (pruned.dynamic.onnx against trained.dynamic.onnx), so that
+    a speed ratio shows what the zeros did and not what int8 did. Otherwise the float dense
+    baseline, flagged: the ratio then mixes precision and sparsity."""
+    if baseline is not None and row["format"] != "keras":
+        same = next((r for r in rows if r["parent"] == baseline and r["format"] == row["format"]
+                     and not r["sparse_storage"] and precision(r) == precision(row)), None)
+        if same is not None:
+            return same, True
+    ref = reference_for(row, rows, baseline)
+    return ref, ref is not None and precision(ref) == precision(row)
+
+
 def sparsity_and_speed(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """For each sparse exported artifact: measured speed against its dense counterpart."""
+    """For each sparse exported artifact: measured speed against its dense counterpart, at
+    every latency point the two share."""
     rows, out = report["artifacts"], []
     for row in rows:
-        ref = reference_for(row, rows, report["baseline"])
+        ref, same = speed_reference_for(row, rows, report["baseline"])
         if row["format"] == "keras" or ref is None or ref is row or (row["sparsity"] or 0) < SPARSE:
             continue
         for point in row["latency"]:
@@ -118,21 +138,31 @@ def sparsity_and_speed(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "artifact": row["name"], "reference": ref["name"], "sparsity": row["sparsity"],
                 "sparse_storage": row["sparse_storage"], "runtime": point["runtime"],
                 "engine": point.get("engine"), "resolver": point.get("resolver"),
-                "device": point["device"],
+                "device": point["device"], "same_precision": same,
                 "threads": point["threads"], "batch": point["batch"], "speedup": ratio,
                 "bytes_ratio": _ratio(ref["bytes"], row["bytes"]),
                 "gzip_ratio": _ratio(ref["gzip_bytes"], row["gzip_bytes"]),
-                "sentence": _sentence(row, ref, point, ratio),
+                "sentence": _sentence(row, ref, point, ratio, same),
             })
     return out
 
 
-def _sentence(row, ref, point, ratio) -> str:
-    where = (f"{point['runtime']} ({point.get('engine') or 'default'}, {point['threads']} "
-             f"thread{'s' if point['threads'] != 1 else ''}, batch {point['batch']})")
+def _where(point) -> str:
+    engine = point.get("engine") or "default"
+    if point.get("resolver") == "builtin":
+        engine = "builtin kernels, XNNPACK off"
+    return (f"{point['runtime']} ({engine}, {point['threads']} "
+            f"thread{'s' if point['threads'] != 1 else ''}, batch {point['batch']})")
+
+
+def _sentence(row, ref, point, ratio, same_precision: bool = True) -> str:
     head = (f"{row['name']} has {row['sparsity']:.0%} zero weights and runs at {ratio:.2f}x the "
-            f"speed of {ref['name']} on {where}")
-    if abs(ratio - 1.0) <= SAME_SPEED:
+            f"speed of {ref['name']} on {_where(point)}")
+    if not same_precision:
+        verdict = (f"not a measure of the zeros: it is {precision(row)} and {ref['name']} is "
+                   f"{precision(ref)}, and the run has no dense {precision(row)} file of the "
+                   f"baseline, so precision and sparsity both changed the kernels")
+    elif abs(ratio - 1.0) <= SAME_SPEED:
         verdict = "no speedup: these kernels multiply the zeros like any other weight"
     elif ratio > 1.0:
         verdict = "faster: this runtime skipped work for the zeros here"
@@ -142,6 +172,21 @@ def _sentence(row, ref, point, ratio) -> str:
                if row["sparse_storage"] else "its weights are stored dense, so the zeros only "
                "pay off in size after compression (gzip)")
     return f"{head}: {verdict}; {storage}."
+
+
+def speed_summary(entries: list[dict[str, Any]]) -> list[str]:
+    """One line per artifact for people: the sentence at its first measured point (1 thread,
+    batch 1 on the default engine comes first) and the ratios at its other points."""
+    lines, by_artifact = [], {}
+    for e in entries:
+        by_artifact.setdefault(e.get("artifact"), []).append(e)
+    for group in by_artifact.values():
+        first = next((e for e in group if e.get("threads") == 1 and e.get("batch") == 1
+                      and (e.get("resolver") or "default") == "default"), group[0])
+        others = [f"{_where(e)} {e['speedup']:.2f}x" for e in group if e is not first
+                  and {"runtime", "threads", "batch", "speedup"} <= e.keys()]
+        lines.append(first["sentence"] + (f" Other points: {'; '.join(others)}." if others else ""))
+    return lines
 
 
 SOURCES = {"default": "the runtime's default engine", "builtin": "LiteRT's builtin kernels, "
@@ -164,7 +209,7 @@ def sparse_kernels(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows, out = report["artifacts"], []
     by_name = {r["name"]: r for r in rows}
     for row in rows:
-        ref = reference_for(row, rows, report["baseline"])
+        ref, same = speed_reference_for(row, rows, report["baseline"])
         if row["format"] == "keras" or ref is None or ref is row or (row["sparsity"] or 0) < SPARSE:
             continue
         layers = (row.get("eligibility") or {}).get("layers") or []
@@ -190,6 +235,8 @@ def sparse_kernels(report: dict[str, Any]) -> list[dict[str, Any]]:
             sparse_src, sparse, dense_src = "csr-reference", parent.get("ratio"), "default"
             dense, engine = default, default_engine
         entry = {"artifact": row["name"], "reference": ref["name"], "sparsity": row["sparsity"],
+                 "same_precision": same, "precision": precision(row),
+                 "reference_precision": precision(ref),
                  "dense_kernel_ratio": dense, "dense_kernel_source": dense_src,
                  "dense_kernel_artifact": dense_row["name"], "dense_kernel_engine": engine,
                  "sparse_kernel_ratio": sparse, "sparse_kernel_source": sparse_src,
@@ -221,6 +268,9 @@ def _kernel_sentence(e: dict[str, Any]) -> str:
     head = (f"{e['artifact']} ({e['sparsity']:.0%} zeros): {lab['latency-eligible']} of {n} weight "
             f"layers latency-eligible, {lab['size-only']} size-only; with dense kernels "
             f"({dense_where}) it runs at {_x(e['dense_kernel_ratio'])} the speed of {e['reference']}")
+    if not e.get("same_precision", True):
+        head += (f" ({e['precision']} against {e['reference_precision']}: the ratios mix "
+                 f"precision and sparsity, the run has no dense {e['precision']} baseline file)")
     sparse = e["sparse_kernel_ratio"]
     if e["sparse_kernel_source"] == "csr-reference":
         tail = ("; this runtime has no sparse kernel for any of its layers, so its zeros buy size "
@@ -414,7 +464,7 @@ def render_markdown(report: dict[str, Any]) -> str:
               "load ms: loading and initializing the runtime, apart from the timed runs."]
     lines += _complexity_markdown(report)
     lines += ["", "## Sparsity and speed", ""]
-    lines += [f"- {s['sentence']}" for s in report["sparsity_and_speed"]] or [
+    lines += [f"- {line}" for line in speed_summary(report["sparsity_and_speed"])] or [
         "- No sparse exported artifact was measured in this run."]
     lines += _sparse_kernels_markdown(report)
     lines += ["", "## Stages", "", "| step | stage | seconds | cache |", "|---|---|---:|---|"]

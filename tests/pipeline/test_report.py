@@ -117,3 +117,37 @@ def test_pareto_section_names_the_smallest_and_the_size_floor(run, tmp_path):
     for name in images:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"![{name}]({name})" in section
+
+
+def _row(name, fmt, parent, p50, *, mode=None, sparsity=0.0, sparse_storage=False):
+    lat = [{"runtime": "onnxruntime" if fmt == "onnx" else "litert", "device": "cpu", "threads": t,
+            "batch": b, "engine": "e", "p50_ms": p50 * b / t} for t in (1, 2) for b in (1, 32)]
+    return {"name": name, "format": fmt, "parent": parent, "mode": mode, "sparsity": sparsity,
+            "sparse_storage": sparse_storage, "bytes": 100, "gzip_bytes": 50, "latency": lat}
+
+
+def test_sparse_int8_is_compared_with_dense_int8_not_with_float():
+    from pipeline.report import speed_summary, sparsity_and_speed
+
+    report = {"baseline": "trained", "artifacts": [
+        _row("trained", "keras", None, 1.0),
+        _row("trained.onnx", "onnx", "trained", 0.04),
+        _row("trained.dynamic.onnx", "onnx", "trained", 0.20, mode="int8-dynamic"),
+        _row("pruned.dynamic.onnx", "onnx", "pruned", 0.20, mode="int8-dynamic", sparsity=0.9),
+        _row("trained.tflite", "tflite", "trained", 0.03),
+        _row("clustered.int8.sparse.tflite", "tflite", "clustered", 0.05, mode="int8",
+             sparsity=0.9, sparse_storage=True)]}
+    rows = sparsity_and_speed(report)
+    dynamic = [r for r in rows if r["artifact"] == "pruned.dynamic.onnx"]
+    assert {r["reference"] for r in dynamic} == {"trained.dynamic.onnx"}  # not the 5x faster float file
+    assert all(r["same_precision"] and abs(r["speedup"] - 1.0) < 1e-9 for r in dynamic)
+    assert "no speedup" in dynamic[0]["sentence"]
+    tflite = [r for r in rows if r["artifact"] == "clustered.int8.sparse.tflite"]
+    assert {r["reference"] for r in tflite} == {"trained.tflite"}
+    assert not tflite[0]["same_precision"] and "not a measure of the zeros" in tflite[0]["sentence"]
+    assert "slower" not in tflite[0]["sentence"]  # 0.6x is not blamed on the sparse format
+
+    lines = speed_summary(rows)
+    assert len(lines) == 2  # one line per artifact, the other grid points folded into it
+    assert lines[0].startswith("pruned.dynamic.onnx") and "1 thread, batch 1" in lines[0]
+    assert lines[0].count("Other points:") == 1 and "2 threads, batch 32) 1.00x" in lines[0]
