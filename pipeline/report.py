@@ -296,11 +296,15 @@ def _kernel_sentence(e: dict[str, Any]) -> str:
 
 # -- complexity, int8 against float, the from-scratch control ---------------------------------
 def inherit_complexity(rows: list[dict[str, Any]]) -> None:
-    """Exported files have the parameters and MACs of the Keras model they were made from."""
+    """Exported files have the parameters and MACs of the Keras model they were made from; a
+    Keras model whose layers could not be counted (tfmot's pruning or QAT wrappers, which keep
+    every shape) has those of its parent."""
     by_name = {r["name"]: r for r in rows}
-    for row in rows:
+    for row in rows:  # parents come before their children
         parent = by_name.get(row["parent"])
-        if row["format"] != "keras" and parent:
+        if not parent:
+            continue
+        if row["format"] != "keras" or row.get("macs") is None:
             row["params"], row["macs"] = parent.get("params"), parent.get("macs")
 
 
@@ -345,8 +349,13 @@ def int8_vs_float(report: dict[str, Any]) -> list[dict[str, Any]]:
                 causes.append("this CPU has no VNNI, so each 8-bit multiply-add takes several "
                               "instructions (widen to 16 bits, multiply, add pairs) where float "
                               "needs one FMA")
-            causes.append("the file quantizes its float input and dequantizes its output on "
-                          "every call, a fixed cost that a small model does not amortize")
+            if (row.get("config") or {}).get("io") == "int8":
+                causes.append("its inputs and outputs are int8, so the caller converts them: the "
+                              "timed call includes that conversion in numpy, as an application's "
+                              "would, a fixed cost that a small model does not amortize")
+            else:
+                causes.append("the file quantizes its float input and dequantizes its output on "
+                              "every call, a fixed cost that a small model does not amortize")
             why = ("int8 was slower than float on this CPU, as often on x86 desktops "
                    "(tfmot#599, #797): " + "; ".join(causes))
         out.append({"artifact": row["name"], "float_artifact": ref["name"],

@@ -151,3 +151,14 @@ def test_sparse_int8_is_compared_with_dense_int8_not_with_float():
     assert len(lines) == 2  # one line per artifact, the other grid points folded into it
     assert lines[0].startswith("pruned.dynamic.onnx") and "1 thread, batch 1" in lines[0]
     assert lines[0].count("Other points:") == 1 and "2 threads, batch 32) 1.00x" in lines[0]
+
+
+def test_wrapped_keras_models_and_their_files_inherit_the_counted_macs():
+    from pipeline.report import inherit_complexity
+
+    rows = [{"name": "clustered", "format": "keras", "parent": "pruned", "params": 10, "macs": 99},
+            {"name": "q", "format": "keras", "parent": "clustered", "params": None, "macs": None},
+            {"name": "q.tflite", "format": "tflite", "parent": "q", "params": None, "macs": None},
+            {"name": "s", "format": "keras", "parent": "clustered", "params": 4, "macs": 40}]
+    inherit_complexity(rows)
+    assert [r["macs"] for r in rows] == [99, 99, 99, 40]  # a counted model keeps its own count
