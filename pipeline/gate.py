@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,21 +106,9 @@ def check_thresholds(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def recipe_gate(spec: str | Path) -> dict[str, Any]:
     """The [gate] table of a recipe (a .toml path or a shipped recipe name), validated."""
-    from pipeline.recipe import RECIPES_DIR
+    from pipeline.recipe import read_recipe_file
 
-    path = Path(spec)
-    if path.suffix != ".toml":
-        path = RECIPES_DIR / f"{spec}.toml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
-            raise ConfigError(f"unknown recipe {str(spec)!r}: expected one of {known} or a path "
-                              "to a .toml file")
-    if not path.is_file():
-        raise ConfigError(f"recipe file {str(path)!r} does not exist: check the path")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
+    path, data = read_recipe_file(spec)
     gate = data.get("gate", {})
     if not isinstance(gate, dict):
         raise ConfigError(f"recipe {str(path)!r}: 'gate' must be a table ([gate]). Received: "

@@ -77,10 +77,8 @@ def _suggest(word: str, choices) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def load_recipe(spec: str | Path, registry: Mapping[str, type], *,
-                overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                start_kind: str = "keras") -> Recipe:
-    """Load a shipped recipe by name, or a TOML file by path, and validate it."""
+def read_recipe_file(spec: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The path and parsed TOML of a shipped recipe name or a .toml path (not yet validated)."""
     path = Path(spec)
     if path.suffix != ".toml":
         path = RECIPES_DIR / f"{spec}.toml"
@@ -91,9 +89,16 @@ def load_recipe(spec: str | Path, registry: Mapping[str, type], *,
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist: check the path")
     try:
-        data = tomllib.loads(path.read_text())
+        return path, tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load_recipe(spec: str | Path, registry: Mapping[str, type], *,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                start_kind: str = "keras") -> Recipe:
+    """Load a shipped recipe by name, or a TOML file by path, and validate it."""
+    path, data = read_recipe_file(spec)
     data.setdefault("name", path.stem)
     return build_recipe(data, registry, overrides=overrides, start_kind=start_kind)
 

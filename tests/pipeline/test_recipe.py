@@ -91,7 +91,7 @@ def test_speed_recipe_shape():
     r = load_recipe("speed", STAGES)
     assert [s.stage.name for s in r] == ["train", "structured_prune", "export", "quantize", "benchmark"]
     pruning, quantize = r[1].stage, r[3].stage
-    assert pruning.from_scratch and pruning.reduction >= 0.8
+    assert pruning.from_scratch and pruning.reduction >= 0.75
     assert quantize.mode == "int8" and quantize.io == "float"
     assert (1, 1) in r[4].stage.latency
 
