@@ -22,7 +22,7 @@ ONNX_INT8 = ("dynamic", "static")
 class Export:
     """Write deployable files for Keras artifacts and validate them.
 
-    Every exported float model must reproduce the Keras logits within `atol` on
+    Every exported float model must reproduce the Keras logits within `atol + rtol * |logit|` on
     `parity_samples` test inputs; all mismatches are collected and raised as one error.
     A model whose measured weight sparsity is at least `sparse_threshold` also gets a
     TFLite file with sparse weight storage (`Optimize.EXPERIMENTAL_SPARSITY`).
@@ -47,6 +47,7 @@ class Export:
     sparse_threshold: float = 0.3
     opset: int = 17
     atol: float = 1e-4
+    rtol: float = 1e-4
     parity_samples: int = 256
     onnx_int8: tuple[str, ...] = ()
     calibration_samples: int = 500
@@ -71,6 +72,8 @@ class Export:
         check_count(self.name, "parity_samples", self.parity_samples, minimum=1)
         require(isinstance(self.atol, (int, float)) and self.atol > 0, self.name,
                 f"atol must be a positive number. Received: atol={self.atol!r}")
+        require(isinstance(self.rtol, (int, float)) and self.rtol >= 0, self.name,
+                f"rtol must be a number >= 0. Received: rtol={self.rtol!r}")
 
     def run(self, art: Artifact, ctx: RunContext) -> list[Artifact]:
         x = ctx.data.x_test[: self.parity_samples]
@@ -87,7 +90,7 @@ class Export:
                     export_tflite(model, path, mode="float32", sparse=sparse)
                 else:
                     export_onnx(model, path, opset=self.opset)
-                check = check_parity(reference, path, fmt, x, atol=self.atol)
+                check = check_parity(reference, path, fmt, x, atol=self.atol, rtol=self.rtol)
                 checks[name] = check
                 outputs.append(ctx.add_file(self, path, name, fmt=fmt, parent=target, meta={
                     "mode": "float32", "sparse_storage": sparse, "validation": check}))

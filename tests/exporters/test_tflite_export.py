@@ -51,6 +51,11 @@ def test_float32_parity_and_mismatch_report(tiny_model, tiny_data, tmp_path):
     assert "pruned.tflite" in msg and "tiny.tflite" not in msg
     assert "on 12 of 128 samples" in msg and "\n" not in msg
 
+    # rtol scales the tolerance with each logit's size (numpy.allclose's rule)
+    rtol = float(3.5e-3 / np.abs(bad_ref[:12]).min())
+    assert check_parity(bad_ref, path, "tflite", x, atol=1e-4, rtol=rtol)["passed"]
+    assert check_parity(bad_ref, path, "tflite", x, atol=1e-4, rtol=1e-4)["mismatched_samples"] == 12
+
 
 def test_failed_conversion_leaves_no_file(tiny_model, tmp_path, monkeypatch):
     import tensorflow as tf
