@@ -164,14 +164,25 @@ def _sentence(row, ref, point, ratio, same_precision: bool = True) -> str:
                    f"baseline, so precision and sparsity both changed the kernels")
     elif abs(ratio - 1.0) <= SAME_SPEED:
         verdict = "no speedup: these kernels multiply the zeros like any other weight"
+    elif not _latency_eligible(row):
+        verdict = (f"{'faster' if ratio > 1.0 else 'slower'}, yet no layer of it is "
+                   "latency-eligible, so the same dense kernels ran on the same shapes: this is "
+                   "run-to-run variation, not the zeros (the latency table gives each cv)")
     elif ratio > 1.0:
         verdict = "faster: this runtime skipped work for the zeros here"
     else:
-        verdict = "slower: the sparse format costs more here than the zeros save"
+        verdict = "slower: the sparse kernel costs more here than the zeros save"
     storage = ("its weights are stored sparse, so the file itself is smaller"
                if row["sparse_storage"] else "its weights are stored dense, so the zeros only "
                "pay off in size after compression (gzip)")
     return f"{head}: {verdict}; {storage}."
+
+
+def _latency_eligible(row) -> bool:
+    """Whether a layer of the file can run on a sparse kernel (where eligibility was analysed;
+    without an analysis, assume it can, rather than call a measured difference noise)."""
+    layers = (row.get("eligibility") or {}).get("layers")
+    return layers is None or any(l.get("label") == "latency-eligible" for l in layers)
 
 
 def speed_summary(entries: list[dict[str, Any]]) -> list[str]:

@@ -162,3 +162,20 @@ def test_wrapped_keras_models_and_their_files_inherit_the_counted_macs():
             {"name": "s", "format": "keras", "parent": "clustered", "params": 4, "macs": 40}]
     inherit_complexity(rows)
     assert [r["macs"] for r in rows] == [99, 99, 99, 40]  # a counted model keeps its own count
+
+
+def test_a_speed_difference_without_an_eligible_layer_is_called_variation():
+    from pipeline.report import sparsity_and_speed
+
+    pruned = _row("pruned.onnx", "onnx", "pruned", 0.05, sparsity=0.9)
+    eligible = _row("pruned.sparse.tflite", "tflite", "pruned", 0.01, sparsity=0.9, sparse_storage=True)
+    pruned["eligibility"] = {"layers": [{"label": "size-only"}, {"label": "dense"}]}
+    eligible["eligibility"] = {"layers": [{"label": "latency-eligible"}]}
+    report = {"baseline": "trained", "artifacts": [
+        _row("trained", "keras", None, 1.0), _row("trained.onnx", "onnx", "trained", 0.04),
+        _row("trained.tflite", "tflite", "trained", 0.03), pruned, eligible]}
+    rows = {r["artifact"]: r for r in sparsity_and_speed(report) if r["threads"] == r["batch"] == 1}
+    assert rows["pruned.onnx"]["speedup"] == pytest.approx(0.8)
+    assert "run-to-run variation" in rows["pruned.onnx"]["sentence"]
+    assert rows["pruned.sparse.tflite"]["speedup"] == pytest.approx(3.0)
+    assert "skipped work for the zeros" in rows["pruned.sparse.tflite"]["sentence"]
