@@ -11,7 +11,7 @@ import math
 import time
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -50,6 +50,52 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, min_runs: int
     `warmup` untimed calls first; then every call is timed with perf_counter_ns (none dropped)
     until both `min_runs` calls and `min_seconds` of wall time have passed, or `max_runs` calls.
     """
+    _check(fn, warmup, min_runs, min_seconds, max_runs)
+    times, elapsed_ns = _time_calls(fn, warmup, min_runs, min_seconds, max_runs)
+    return _stats(times, elapsed_ns, warmup=warmup, hit_max=len(times) >= max_runs
+                  and elapsed_ns < int(min_seconds * 1e9))
+
+
+def interleaved_latency(jobs: Mapping[str, Callable[[], Callable[[], object]]], *, passes: int = 3,
+                        warmup: int = 10, min_runs: int = 50, min_seconds: float = 1.0,
+                        max_runs: int = 100_000) -> dict[str, dict[str, float | int]]:
+    """measure_latency for several jobs at once, in `passes` interleaved passes, so that a drift
+    of the machine's speed (other tenants, clocks) falls on every job alike instead of on the
+    ones measured last: an A/B ratio then compares like with like.
+
+    `jobs` maps a name to a function that opens what to time and returns the callable (called
+    once per pass, so only one job's runtime is open at a time). Each pass times each job for
+    min_seconds / passes and at least min_runs / passes calls after `warmup` untimed calls; the
+    statistics pool every pass's calls, and `pass_p50_ms` gives each pass's own p50.
+    """
+    if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
+        raise ConfigError(f"interleaved_latency: passes must be an integer >= 1. Received: passes={passes!r}")
+    runs_per_pass, seconds_per_pass = -(-min_runs // passes), min_seconds / passes
+    _check(lambda: None, warmup, runs_per_pass, seconds_per_pass, max_runs)
+    times: dict[str, list[int]] = {name: [] for name in jobs}
+    elapsed = dict.fromkeys(jobs, 0)
+    per_pass: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(passes):
+        for name, open_job in jobs.items():
+            fn = open_job()
+            if not callable(fn):
+                raise ConfigError(f"interleaved_latency: job {name!r} must return a callable. "
+                                  f"Received: {type(fn).__name__}")
+            t, e = _time_calls(fn, warmup, runs_per_pass, seconds_per_pass, max(1, max_runs // passes))
+            times[name] += t
+            elapsed[name] += e
+            per_pass[name].append(float(np.percentile(np.asarray(t, dtype=np.float64) / 1e6, 50)))
+            del fn
+    out = {}
+    for name in jobs:
+        stats = _stats(times[name], elapsed[name], warmup=warmup,
+                       hit_max=len(times[name]) >= max(1, max_runs // passes) * passes
+                       and elapsed[name] < int(min_seconds * 1e9))
+        out[name] = {**stats, "passes": passes, "pass_p50_ms": per_pass[name]}
+    return out
+
+
+def _check(fn, warmup, min_runs, min_seconds, max_runs) -> None:
     if not callable(fn):
         raise ConfigError(f"measure_latency needs a callable. Received: {type(fn).__name__}")
     for name, value, minimum in (("warmup", warmup, 0), ("min_runs", min_runs, 1),
@@ -65,6 +111,8 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, min_runs: int
         raise ConfigError(f"measure_latency: min_seconds must be a finite number >= 0. "
                           f"Received: min_seconds={min_seconds!r}")
 
+
+def _time_calls(fn, warmup: int, min_runs: int, min_seconds: float, max_runs: int) -> tuple[list[int], int]:
     for _ in range(warmup):
         fn()
     min_ns = int(min_seconds * 1e9)
@@ -79,7 +127,10 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, min_runs: int
         n = len(times)
         if n >= max_runs or (n >= min_runs and t1 - begin >= min_ns):
             break
-    elapsed_ns = clock() - begin
+    return times, clock() - begin
+
+
+def _stats(times: list[int], elapsed_ns: int, *, warmup: int, hit_max: bool) -> dict[str, float | int]:
     ms = np.asarray(times, dtype=np.float64) / 1e6
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     mean = float(ms.mean())
@@ -90,5 +141,5 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, min_runs: int
         "cv": std / mean if mean > 0 else 0.0,
         "runs": len(times), "warmup": warmup,
         "elapsed_s": elapsed_ns / 1e9,
-        "hit_max_runs": len(times) >= max_runs and elapsed_ns < min_ns,
+        "hit_max_runs": bool(hit_max),
     }

@@ -13,7 +13,7 @@ from pipeline.stage import check_count, require
 
 from benchmarks.accuracy import accuracy, predict_all, top1_agreement
 from benchmarks.eligibility import eligibility
-from benchmarks.measure import file_size, measure_latency
+from benchmarks.measure import file_size, interleaved_latency
 from benchmarks.complexity import keras_complexity
 from benchmarks.runtimes import ORT_GPU_PROVIDERS, gpu_devices, open_runtime
 from benchmarks.sparse_kernel import csr_reference
@@ -28,7 +28,10 @@ class Benchmark:
 
     Accuracy is computed on the full test set (or `accuracy_limit` examples) by the artifact's
     own runtime: Keras, LiteRT or onnxruntime. Latency is measured for TFLite and ONNX files at
-    each (threads, batch) pair of `latency`; threads 0 means all cores. Each latency row also
+    each (threads, batch) pair of `latency`; threads 0 means all cores. All rows are timed
+    together in `passes` interleaved passes of min_seconds / passes each (every row's p50 pools
+    its passes; `pass_p50_ms` lists them), so that the machine slowing down for a while shifts
+    every artifact alike and ratios between artifacts stay fair. Each latency row also
     holds the runtime's load/init time (`load_ms`), measured apart from inference. GPU rows are
     added for ONNX files when onnxruntime has a CUDA or TensorRT provider (TensorRT with its 2:4
     sparse tactics enabled), and for Keras files when TensorFlow sees a GPU. Keras files also get
@@ -52,6 +55,7 @@ class Benchmark:
     warmup: int = 10
     min_runs: int = 50
     min_seconds: float = 1.0
+    passes: int = 3
     accuracy_limit: int | None = None
     sparse_kernels: bool = True
 
@@ -62,6 +66,7 @@ class Benchmark:
                 f"(0 = all cores) and batch >= 1. Received: latency={self.latency!r}")
         check_count(self.name, "warmup", self.warmup)
         check_count(self.name, "min_runs", self.min_runs, minimum=1)
+        check_count(self.name, "passes", self.passes, minimum=1)
         require(isinstance(self.sparse_kernels, bool), self.name, f"sparse_kernels must be true "
                 f"or false. Received: sparse_kernels={self.sparse_kernels!r}")
         require(isinstance(self.min_seconds, (int, float)) and self.min_seconds >= 0, self.name,
@@ -77,10 +82,13 @@ class Benchmark:
         if ctx.baseline:
             reference = predict_all(open_runtime(ctx.find(ctx.baseline).path, "keras"), x)
         gpus = gpu_devices()
+        jobs = []
         for target in ctx.measurable():
-            ctx.measurements[target.name] = self._measure(target, x, y, reference, gpus)
+            ctx.measurements[target.name], target_jobs = self._measure(target, x, y, reference, gpus)
+            jobs += target_jobs
         if self.sparse_kernels:
-            self._sparse_kernels(ctx, x)
+            jobs += self._sparse_kernels(ctx, x)
+        self._time(ctx, jobs)
         if not gpus:
             ctx.note("No GPU in this environment (no CUDA/TensorRT provider for onnxruntime, no TF "
                      "GPU): the report has CPU rows only.")
@@ -88,7 +96,7 @@ class Benchmark:
         path.write_text(json.dumps(ctx.measurements, indent=2, sort_keys=True))
         return []
 
-    def _measure(self, target: Artifact, x, y, reference, gpus) -> dict:
+    def _measure(self, target: Artifact, x, y, reference, gpus) -> tuple[dict, list]:
         m = {**file_size(target.path), **weight_sparsity(target.path, target.format)}
         m["size_floor_bytes"] = size_floor_bytes(m["layers"])
         m["accuracy_runtime"] = RUNTIME_OF[target.format]
@@ -104,12 +112,10 @@ class Benchmark:
             m["complexity"] = {"params": complexity["params"], "macs": complexity["macs"]}
         # Keras models still wrapped for training (pruning, QAT) are not deployment artifacts.
         devices = latency_devices(target.format, gpus) if target.kind in ("keras", target.format) else []
-        for device in devices:
-            for threads, batch in self.latency:
-                m["latency"].append(self._latency(target, device, threads, batch, x))
-        return m
+        return m, [self._job(target, device, threads, batch, x) for device in devices
+                   for threads, batch in self.latency]
 
-    def _sparse_kernels(self, ctx: RunContext, x) -> None:
+    def _sparse_kernels(self, ctx: RunContext, x) -> list:
         """Eligibility labels, the builtin-kernel A/B and the CSR reference for sparse artifacts."""
         sparse = [t for t in ctx.measurable()
                   if (ctx.measurements[t.name].get("sparsity") or 0) >= SPARSE]
@@ -125,27 +131,39 @@ class Benchmark:
                                                    min_seconds=min(self.min_seconds, 0.2))
             else:
                 m["eligibility"] = eligibility(target.path, target.format)
-        for target in builtin:
-            ctx.measurements[target.name]["latency"].append(
-                self._latency(target, "cpu", 1, 1, x, resolver="builtin"))
+        return [self._job(target, "cpu", 1, 1, x, resolver="builtin") for target in builtin]
 
-    def _latency(self, target: Artifact, device: str, threads: int, batch: int, x,
-                 resolver: str = "default") -> dict:
-        runtime = (open_runtime(target.path, "tflite", threads=threads, resolver=resolver)
-                   if target.format == "tflite" else
-                   open_runtime(target.path, target.format, threads=threads, device=device))
-        options = getattr(runtime, "provider_options", None)
+    def _time(self, ctx: RunContext, jobs: list) -> None:
+        """Every latency row, timed in interleaved passes (see interleaved_latency): a slower
+        stretch of the machine then falls on every artifact, not on the ones timed last."""
+        stats = interleaved_latency({str(i): job[-1] for i, job in enumerate(jobs)}, passes=self.passes,
+                                    warmup=self.warmup, min_runs=self.min_runs, min_seconds=self.min_seconds)
+        for i, (name, row, _) in enumerate(jobs):
+            ctx.measurements[name]["latency"].append({**row, **stats[str(i)]})
+
+    def _job(self, target: Artifact, device: str, threads: int, batch: int, x,
+             resolver: str = "default") -> tuple[str, dict, object]:
+        """(artifact name, the row's fixed fields, a function that opens the runtime and returns
+        the call to time). The row's load_ms is the first opening's."""
+        row = {"device": device, "threads": threads or os.cpu_count(), "batch": batch}
         sample = x[:batch]
         if len(sample) < batch:  # fewer test examples than the batch: repeat them
             sample = x[[i % len(x) for i in range(batch)]]
-        stats = measure_latency(lambda: runtime.predict(sample), warmup=self.warmup,
-                                min_runs=self.min_runs, min_seconds=self.min_seconds)
-        return {"runtime": runtime.runtime, "device": device,
-                "threads": threads or os.cpu_count(), "batch": batch,
-                "engine": getattr(runtime, "delegate", None) or getattr(runtime, "provider", None),
-                "load_ms": round(runtime.load_ms, 3),
-                **({"resolver": resolver} if target.format == "tflite" else {}),
-                **({"provider_options": options} if options else {}), **stats}
+
+        def open_job():
+            runtime = (open_runtime(target.path, "tflite", threads=threads, resolver=resolver)
+                       if target.format == "tflite" else
+                       open_runtime(target.path, target.format, threads=threads, device=device))
+            if "runtime" not in row:
+                options = getattr(runtime, "provider_options", None)
+                row.update({"runtime": runtime.runtime,
+                            "engine": getattr(runtime, "delegate", None) or getattr(runtime, "provider", None),
+                            "load_ms": round(runtime.load_ms, 3),
+                            **({"resolver": resolver} if target.format == "tflite" else {}),
+                            **({"provider_options": options} if options else {})})
+            return lambda: runtime.predict(sample)
+
+        return target.name, row, open_job
 
 
 def latency_devices(fmt: str, gpus: list[str]) -> list[str]:

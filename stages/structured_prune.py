@@ -55,6 +55,7 @@ class StructuredPrune:
     learning_rate: float = 1e-3
     min_channels: int = 4
     round_to: int = 4
+    cost_exponent: float = 0.0
     layers: tuple[str, ...] = ()
     from_scratch: bool = False
     lr_decay: str = "constant"
@@ -81,6 +82,10 @@ class StructuredPrune:
         check_distill(n, self.distill, self.temperature)
         check_count(n, "min_channels", self.min_channels, minimum=1)
         check_count(n, "round_to", self.round_to, minimum=1)
+        require(isinstance(self.cost_exponent, (int, float)) and not isinstance(self.cost_exponent, bool)
+                and 0 <= self.cost_exponent <= 2, n, "cost_exponent must be a number in [0, 2] (0: rank "
+                "channels by score alone; 1: by score per unit of the target saved). "
+                f"Received: cost_exponent={self.cost_exponent!r}")
         require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
                 f"layers must be a list of layer names. Received: layers={self.layers!r}")
         require(isinstance(self.from_scratch, bool), n,
@@ -160,7 +165,8 @@ class StructuredPrune:
 
     def _shrink(self, model, groups, scores, share, before, latency, ctx):
         cost = complexity_model(model)
-        opts = {"min_channels": self.min_channels, "round_to": self.round_to}
+        opts = {"min_channels": self.min_channels, "round_to": self.round_to,
+                "cost_exponent": float(self.cost_exponent)}
         if self.target != "latency":
             keep, reached = select_channels(groups, scores, lambda c: cost(c)[self.target],
                                             before[self.target] * share, **opts)

@@ -1,10 +1,10 @@
-"""measure_latency and file_size."""
+"""measure_latency, interleaved_latency and file_size."""
 import gzip
 import time
 
 import pytest
 
-from benchmarks.measure import file_size, measure_latency
+from benchmarks.measure import file_size, interleaved_latency, measure_latency
 from pipeline.errors import ConfigError
 
 
@@ -68,3 +68,37 @@ def test_file_size_of_zeros_and_of_a_directory(tmp_path):
     assert res["gzip_bytes"] == len(gzip.compress(b"b" * 10 + b"a" * 20, compresslevel=9, mtime=0))
     with pytest.raises(ConfigError, match="does not exist"):
         file_size(tmp_path / "missing")
+
+
+def _drifting_machine(after_calls: int):
+    """Identical jobs on a machine that gets 3x slower after `after_calls` calls in all."""
+    calls = []
+
+    def open_job(name):
+        def job():
+            calls.append(name)
+            time.sleep(0.0006 if len(calls) > after_calls else 0.0002)
+        return job
+    return calls, open_job
+
+
+def test_interleaved_passes_spread_a_drift_over_every_job():
+    calls, open_job = _drifting_machine(after_calls=40)
+    seq = {n: measure_latency(open_job(n), warmup=0, min_runs=40, min_seconds=0.0) for n in "ab"}
+    assert seq["b"]["p50_ms"] / seq["a"]["p50_ms"] > 2  # one after the other: b takes the slowdown
+
+    calls, open_job = _drifting_machine(after_calls=40)
+    opened = []
+    jobs = {n: (lambda n=n: opened.append(n) or open_job(n)) for n in "ab"}
+    res = interleaved_latency(jobs, passes=4, warmup=0, min_runs=40, min_seconds=0.0)
+    assert opened == list("abababab") and calls == [c for c in "ab" * 4 for _ in range(10)]
+    assert all(r["runs"] == 40 and r["passes"] == 4 and len(r["pass_p50_ms"]) == 4 for r in res.values())
+    assert 0.75 < res["b"]["p50_ms"] / res["a"]["p50_ms"] < 1.33  # both saw fast and slow passes
+    assert res["a"]["pass_p50_ms"][3] > 2 * res["a"]["pass_p50_ms"][0]  # the drift is on record
+
+
+def test_interleaved_latency_rejects_bad_passes_and_jobs():
+    with pytest.raises(ConfigError, match="passes must be an integer >= 1"):
+        interleaved_latency({"a": lambda: (lambda: None)}, passes=0)
+    with pytest.raises(ConfigError, match="job 'a' must return a callable"):
+        interleaved_latency({"a": lambda: None}, passes=1, min_runs=1, min_seconds=0.0)

@@ -50,6 +50,8 @@ def test_toml_file_and_lists_become_tuples(tmp_path):
     (recipe({"stage": "train"}, {"stage": "train"}), r"name 'train' is used twice"),
     (recipe({"stage": "strip"}), r"'strip' accepts keras:pruning models but would receive a keras model"),
     (recipe({"stage": "prune"}, {"stage": "export"}), r"'export' accepts keras models but would receive a keras:pruning"),
+    (recipe({"stage": "structured_prune", "cost_exponent": -1}), r"cost_exponent must be a number in \[0, 2\]"),
+    (recipe({"stage": "structured_prune", "cost_exponent": "yes"}), r"cost_exponent"),
     (recipe({"epochs": 3}), r"has no 'stage' key"),
     ({"name": "t", "stages": []}, r"no stages"),
     (recipe({"stage": "train"}, extra=1), r"unknown top-level keys \['extra'\]"),

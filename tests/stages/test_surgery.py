@@ -194,3 +194,25 @@ def test_select_channels_meets_budget_with_round_to_and_min_channels():
         assert set(idx) == set(np.argsort(-scores[gid])[:len(idx)])
     keep, reached = select_channels(groups, scores, lambda c: cost(c)["macs"], 1, min_channels=4, round_to=4)
     assert not reached and all(len(v) == 4 for v in keep.values())
+
+
+def test_cost_aware_selection_cuts_where_a_channel_saves_most():
+    model = sequential_bn()
+    groups = prunable_groups(model)
+    ids = {g.producers[0]: g.id for g in groups}
+    # The same score spread in every layer: score alone cannot tell the layers apart.
+    scores = {g.id: np.linspace(0.5, 1.5, g.size)[::-1].copy() for g in groups}
+    cost = complexity_model(model)
+    budget = 0.5 * cost({})["macs"]
+    plain, reached_plain = select_channels(groups, scores, lambda c: cost(c)["macs"], budget, min_channels=4)
+    aware, reached_aware = select_channels(groups, scores, lambda c: cost(c)["macs"], budget, min_channels=4,
+                                           cost_exponent=1.0)
+    assert reached_plain and reached_aware
+    assert cost({k: len(v) for k, v in aware.items()})["macs"] <= budget
+    # c1 (a 10x10 map feeding c2) saves ~20x the MACs per channel that fc does: it goes first,
+    # and the dense layer keeps all its neurons.
+    assert ids["fc"] not in aware and ids["fc"] in plain
+    kept = lambda keep: sum(len(keep.get(g.id, range(g.size))) for g in groups)  # noqa: E731
+    assert kept(aware) > kept(plain)  # the same budget met with fewer channels removed
+    for gid, idx in aware.items():  # within a layer, the best-scored channels survive
+        assert set(idx) == set(np.argsort(-scores[gid])[:len(idx)])
