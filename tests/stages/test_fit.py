@@ -65,3 +65,24 @@ def test_distilled_prune_reaches_its_sparsity_and_learns(ctx):
     model = ctx.keras_model(pruned)
     acc = np.mean(np.argmax(model.predict(ctx.data.x_test, verbose=0), 1) == ctx.data.y_test)
     assert acc > 0.9
+
+
+def test_every_epoch_is_exactly_one_pass_over_the_training_set(tmp_path):
+    """fit keeps one data iterator across epochs; epochs must still be whole passes: a model
+    that always predicts class 0 scores exactly the share of class 0 in every epoch."""
+    import tf_keras as keras
+
+    from pipeline.context import RunContext
+    from pipeline.data import Dataset
+
+    x = np.zeros((10, 2, 2, 1), np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1], np.int64)  # 30% class 0; 10 = 4 + 4 + 2
+    data = Dataset("ten", x, y, x, y, ("a", "b"))
+    ctx = RunContext(data=data, out_dir=tmp_path, model_name="const")
+    inp = keras.Input((2, 2, 1))
+    out = keras.layers.Dense(2, trainable=False, kernel_initializer="zeros",
+                             bias_initializer=keras.initializers.Constant([1.0, 0.0]))(keras.layers.Flatten()(inp))
+    model = keras.Model(inp, keras.layers.Dense(2, kernel_initializer="identity", bias_initializer="zeros",
+                                                trainable=False)(out))
+    history = fit(model, ctx, epochs=5, batch_size=4, learning_rate=1e-3).history
+    assert history["accuracy"] == pytest.approx([0.3] * 5)
