@@ -55,7 +55,7 @@ class Benchmark:
     warmup: int = 10
     min_runs: int = 50
     min_seconds: float = 1.0
-    passes: int = 3
+    passes: int = 10
     accuracy_limit: int | None = None
     sparse_kernels: bool = True
 
