@@ -50,7 +50,9 @@ def measure_latency(fn: Callable[[], object], *, warmup: int = 10, min_runs: int
     `warmup` untimed calls first; then every call is timed with perf_counter_ns (none dropped)
     until both `min_runs` calls and `min_seconds` of wall time have passed, or `max_runs` calls.
     """
-    _check(fn, warmup, min_runs, min_seconds, max_runs)
+    if not callable(fn):
+        raise ConfigError(f"measure_latency needs a callable. Received: {type(fn).__name__}")
+    _check(warmup, min_runs, min_seconds, max_runs)
     times, elapsed_ns = _time_calls(fn, warmup, min_runs, min_seconds, max_runs)
     return _stats(times, elapsed_ns, warmup=warmup, hit_max=len(times) >= max_runs
                   and elapsed_ns < int(min_seconds * 1e9))
@@ -71,7 +73,8 @@ def interleaved_latency(jobs: Mapping[str, Callable[[], Callable[[], object]]], 
     if not isinstance(passes, int) or isinstance(passes, bool) or passes < 1:
         raise ConfigError(f"interleaved_latency: passes must be an integer >= 1. Received: passes={passes!r}")
     runs_per_pass, seconds_per_pass = -(-min_runs // passes), min_seconds / passes
-    _check(lambda: None, warmup, runs_per_pass, seconds_per_pass, max_runs)
+    max_per_pass = max(1, max_runs // passes)
+    _check(warmup, runs_per_pass, seconds_per_pass, max_runs)
     times: dict[str, list[int]] = {name: [] for name in jobs}
     elapsed = dict.fromkeys(jobs, 0)
     per_pass: dict[str, list[float]] = {name: [] for name in jobs}
@@ -81,7 +84,7 @@ def interleaved_latency(jobs: Mapping[str, Callable[[], Callable[[], object]]], 
             if not callable(fn):
                 raise ConfigError(f"interleaved_latency: job {name!r} must return a callable. "
                                   f"Received: {type(fn).__name__}")
-            t, e = _time_calls(fn, warmup, runs_per_pass, seconds_per_pass, max(1, max_runs // passes))
+            t, e = _time_calls(fn, warmup, runs_per_pass, seconds_per_pass, max_per_pass)
             times[name] += t
             elapsed[name] += e
             per_pass[name].append(float(np.percentile(np.asarray(t, dtype=np.float64) / 1e6, 50)))
@@ -89,15 +92,13 @@ def interleaved_latency(jobs: Mapping[str, Callable[[], Callable[[], object]]], 
     out = {}
     for name in jobs:
         stats = _stats(times[name], elapsed[name], warmup=warmup,
-                       hit_max=len(times[name]) >= max(1, max_runs // passes) * passes
+                       hit_max=len(times[name]) >= max_per_pass * passes
                        and elapsed[name] < int(min_seconds * 1e9))
         out[name] = {**stats, "passes": passes, "pass_p50_ms": per_pass[name]}
     return out
 
 
-def _check(fn, warmup, min_runs, min_seconds, max_runs) -> None:
-    if not callable(fn):
-        raise ConfigError(f"measure_latency needs a callable. Received: {type(fn).__name__}")
+def _check(warmup, min_runs, min_seconds, max_runs) -> None:
     for name, value, minimum in (("warmup", warmup, 0), ("min_runs", min_runs, 1),
                                  ("max_runs", max_runs, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
