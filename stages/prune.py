@@ -32,6 +32,9 @@ class Prune:
     `distill=0.5` fine-tunes against the run's dense baseline as a teacher too (see
     `stages._fit.fit`). `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
     layer of a CNN usually takes far more pruning than its convs).
+    `layer_block_size={"fc1": (16, 1)}` gives listed Dense layers their own block shape: (16, 1)
+    zeroes runs of 16 consecutive inputs of one output, the 1x16 blocks TFLite's converter stores
+    int8 FULLY_CONNECTED weights in (one index per block instead of one per weight).
     `pruning_policy="xnnpack"` applies tfmot's `PruneForLatencyOnXNNPack`: it checks that the model
     is a graph XNNPACK's sparse inference can run (a 3x3 stride-2 stem conv on a padded 3-channel
     input, then supported ops up to a global average pooling) and prunes only its 1x1 convs.
@@ -58,6 +61,7 @@ class Prune:
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
     layer_sparsity: tuple[tuple[str, float], ...] = ()
+    layer_block_size: tuple[tuple[str, tuple[int, int]], ...] = ()
     ramp: float = 0.75
     pruning_policy: str | None = None
 
@@ -73,6 +77,14 @@ class Prune:
             check_fraction(n, f"layer_sparsity[{layer!r}]", value)
             require(value >= self.initial_sparsity, n, f"layer_sparsity[{layer!r}] must be >= initial_sparsity="
                     f"{self.initial_sparsity}. Received: {value!r}")
+        if isinstance(self.layer_block_size, dict):  # {fc1 = [16, 1]}
+            object.__setattr__(self, "layer_block_size", tuple(sorted(
+                (k, tuple(v) if isinstance(v, list) else v) for k, v in self.layer_block_size.items())))
+        require(isinstance(self.layer_block_size, tuple) and all(
+            isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) and _int_pair(e[1]) and min(e[1]) >= 1
+            for e in self.layer_block_size), n,
+            "layer_block_size must map layer names to two integers >= 1, e.g. {fc1 = [16, 1]}. "
+            f"Received: layer_block_size={self.layer_block_size!r}")
         # Recipes arrive as TOML/JSON lists; tuples keep the dataclass hashable and frozen.
         for f in ("block_size", "sparsity_m_by_n", "layers"):
             if isinstance(getattr(self, f), list):
@@ -104,8 +116,10 @@ class Prune:
         mn = self.sparsity_m_by_n
         require(mn is None or _int_pair(mn) and 0 < mn[0] < mn[1], n, "sparsity_m_by_n must be (m, n), "
                 f"m zeros in every n weights with 0 < m < n, e.g. (2, 4). Received: sparsity_m_by_n={mn!r}")
-        require(mn is None or self.block_size == (1, 1), n, "use either block_size or sparsity_m_by_n, not "
-                f"both. Received: block_size={self.block_size!r}, sparsity_m_by_n={mn!r}")
+        require(mn is None or self.block_size == (1, 1) and not self.layer_block_size, n,
+                "use either block_size/layer_block_size or sparsity_m_by_n, not both. Received: "
+                f"block_size={self.block_size!r}, layer_block_size={dict(self.layer_block_size)!r}, "
+                f"sparsity_m_by_n={mn!r}")
         require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
                 f"layers must be a list of layer names. Received: layers={self.layers!r}")
         require(self.pruning_policy is None or self.pruning_policy in POLICIES, n,
@@ -124,6 +138,7 @@ class Prune:
         end_step, frequency = self._window(steps)
         sched = tfmot.sparsity.keras
         finals = dict(self.layer_sparsity)
+        blocks = dict(self.layer_block_size)
 
         def schedule(final):
             if self.schedule == "polynomial":
@@ -136,7 +151,7 @@ class Prune:
                 return layer
             return sched.prune_low_magnitude(
                 layer, pruning_schedule=schedule(finals.get(layer.name, self.final_sparsity)),
-                block_size=self.block_size, sparsity_m_by_n=self.sparsity_m_by_n)
+                block_size=blocks.get(layer.name, self.block_size), sparsity_m_by_n=self.sparsity_m_by_n)
 
         # Wrap a private copy: prune_low_magnitude wraps the very layer objects it is given.
         with tfmot_scope():
@@ -160,13 +175,23 @@ class Prune:
                      + (", and note that m:n pruning needs >= n input channels per layer"
                         if self.sparsity_m_by_n else ""))
         meta = {"target_sparsity": round(target, 4), "achieved_sparsity": round(achieved, 4),
-                "layers": per_layer, "frequency": frequency, "end_step": end_step, "steps": steps}
+                "layers": per_layer, **({"block_sizes": {k: list(v) for k, v in blocks.items()}} if blocks else {}), "frequency": frequency, "end_step": end_step, "steps": steps}
         return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
 
     def _targets(self, model, ctx) -> set[str]:
         allowed = _policy_filter(self.pruning_policy, model)
+        blocks = dict(self.layer_block_size)
+        by_name = {layer.name: layer for layer in model.layers}
+        for name, block in blocks.items():
+            layer = by_name.get(name)
+            if layer is not None and _prunable(layer, (1, 1)) and not _prunable(layer, block):
+                shape = tuple(layer.kernel.shape) if hasattr(layer, "kernel") else None
+                raise ConfigError(f"stage 'prune': layer_block_size gives {name!r} block {block}, but tfmot's "
+                                  f"block sparsity needs a 2-D kernel larger than the block in each dimension "
+                                  f"and {name!r} has kernel shape {shape}: give the block to a Dense layer, "
+                                  "or a smaller block")
         prunable = [layer.name for layer in model.layers
-                    if _prunable(layer, self.block_size) and allowed(layer)]
+                    if _prunable(layer, blocks.get(layer.name, self.block_size)) and allowed(layer)]
         unknown = [name for name in self.layers if name not in prunable]
         if unknown or not prunable:
             block = "" if self.block_size == (1, 1) else f" with block_size={self.block_size}"
@@ -179,10 +204,11 @@ class Prune:
             ctx.note(f"prune: block_size={self.block_size} left {', '.join(left)} dense: "
                      "tfmot's block sparsity needs 2-D kernels larger than the block")
         targets = set(self.layers or prunable)
-        stray = [name for name, _ in self.layer_sparsity if name not in targets]
-        if stray:
-            raise ConfigError(f"stage 'prune': layer_sparsity names {stray!r}, which this stage does not "
-                              f"prune; expected some of {', '.join(sorted(targets))}: fix the names")
+        for option, entries in (("layer_sparsity", self.layer_sparsity), ("layer_block_size", self.layer_block_size)):
+            stray = [name for name, _ in entries if name not in targets]
+            if stray:
+                raise ConfigError(f"stage 'prune': {option} names {stray!r}, which this stage does not "
+                                  f"prune; expected some of {', '.join(sorted(targets))}: fix the names")
         return targets
 
     def _window(self, steps: int) -> tuple[int, int]:

@@ -193,3 +193,32 @@ def test_tfmot_block_4x1_on_a_dense_kernel_is_tflite_1x4(tmp_path):
     assert labels[(4, 1)]["sparse_fc_block"] == "1x4" and labels[(4, 1)]["label"] == "latency-eligible"
     assert labels[(1, 4)]["densify"] and labels[(1, 4)]["label"] == "size-only"
     assert "block_size=(4, 1)" in labels[(1, 4)]["reason"]
+
+
+def test_tfmot_block_16x1_on_a_dense_kernel_is_stored_as_int8_1x16_blocks(tmp_path):
+    """tfmot's block_size=(16, 1) (the prune stage's layer_block_size={fc1 = [16, 1]}) gives the 1x16 blocks TFLite stores
+    int8 FULLY_CONNECTED weights in: one index per 16 weights, so a far smaller file than the
+    same sparsity weight by weight."""
+    import tensorflow_model_optimization as tfmot
+
+    keras = _keras()
+    x = np.random.default_rng(0).random((256, 64)).astype("float32")
+    sizes, labels = {}, {}
+    for block in ((16, 1), (1, 1)):
+        keras.utils.set_random_seed(0)
+        wrapped = tfmot.sparsity.keras.prune_low_magnitude(
+            keras.layers.Dense(128, activation="relu", name="fc1"), block_size=block,
+            pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.85, 0, frequency=1))
+        model = keras.Sequential([keras.layers.Input((64,)), wrapped, keras.layers.Dense(4)])
+        model.compile("sgd", "mse")
+        model.fit(x, x[:, :4], epochs=1, batch_size=32, verbose=0,
+                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+        path = export_tflite(tfmot.sparsity.keras.strip_pruning(model), tmp_path / f"{block}.tflite",
+                             mode="int8", sparse=True, representative=x[:64])
+        sizes[block] = path.stat().st_size
+        labels[block] = _by_op(eligibility(path, "tflite"), "FULLY_CONNECTED")[0]
+    assert labels[(16, 1)]["weights_dtype"] == "int8" and labels[(16, 1)]["sparse_storage"]
+    assert labels[(16, 1)]["sparse_fc_block"] == "1x16"
+    assert labels[(1, 1)]["sparse_fc_block"] != "1x16"
+    # 8192 weights, 85% zeros: ~1229 non-zeros with a uint8 index each vs ~77 block indices
+    assert sizes[(1, 1)] - sizes[(16, 1)] > 900

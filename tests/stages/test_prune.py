@@ -118,6 +118,27 @@ def test_layer_sparsity_gives_a_layer_its_own_target(ctx, trained):
         run(Prune(layer_sparsity={"pool": 0.9}), trained, ctx)
 
 
+def test_layer_block_size_gives_one_layer_blocks_and_leaves_the_others_unstructured(ctx, trained):
+    [out] = run(Prune(final_sparsity=0.75, layer_block_size={"dense": [8, 1]}), trained, ctx)
+    kernels = stripped_kernels(out)
+    dense = kernels["dense"]  # [200, 32]: runs of 8 consecutive inputs of one output
+    per_block = np.count_nonzero(dense.reshape(25, 8, 32), axis=1)
+    assert set(np.unique(per_block)) <= {0, 8} and abs(np.mean(dense == 0) - 0.75) <= 0.03
+    conv = kernels["conv"].reshape(-1, kernels["conv"].shape[-1])
+    assert abs(np.mean(conv == 0) - 0.75) <= 0.05
+    # the conv is pruned weight by weight: its zeros do not come in whole 8-row runs
+    conv_runs = np.count_nonzero(conv[: conv.shape[0] // 8 * 8].reshape(-1, 8, conv.shape[1]), axis=1)
+    assert not set(np.unique(conv_runs)) <= {0, 8}
+    assert out.meta["block_sizes"] == {"dense": [8, 1]}
+
+
+def test_layer_block_size_on_a_conv_or_an_unpruned_layer_is_a_config_error(ctx, trained):
+    with pytest.raises(ConfigError, match=r"'conv' has kernel shape \(3, 3, 1, 8\)"):
+        run(Prune(layer_block_size={"conv": (4, 1)}), trained, ctx)
+    with pytest.raises(ConfigError, match=r"layer_block_size names \['logits'\]"):
+        run(Prune(layers=["dense"], layer_block_size={"logits": (4, 1)}), trained, ctx)
+
+
 @pytest.mark.parametrize("layers", [("dense", "nope"), ("pool",)])
 def test_unknown_or_unprunable_layer_names_list_the_prunable_ones(ctx, trained, layers):
     with pytest.raises(ConfigError, match=r"prunable layers \(conv, dense, logits\)"):
@@ -179,7 +200,10 @@ def test_begin_step_after_the_pruning_window(ctx, trained):
     ({"block_size": (0, 4)}, "block_size must be two integers >= 1"),
     ({"block_size": (4,)}, "block_size must be two integers >= 1"),
     ({"sparsity_m_by_n": (4, 2)}, r"sparsity_m_by_n must be \(m, n\)"),
-    ({"sparsity_m_by_n": (2, 4), "block_size": (1, 4)}, "either block_size or sparsity_m_by_n"),
+    ({"sparsity_m_by_n": (2, 4), "block_size": (1, 4)}, "either block_size/layer_block_size or sparsity_m_by_n"),
+    ({"sparsity_m_by_n": (2, 4), "layer_block_size": {"dense": (8, 1)}}, "or sparsity_m_by_n, not both"),
+    ({"layer_block_size": {"dense": (0, 1)}}, "layer_block_size must map layer names to two integers >= 1"),
+    ({"layer_block_size": {"dense": 16}}, "layer_block_size must map layer names to two integers >= 1"),
     ({"layers": "dense"}, "layers must be a list of layer names"),
     ({"layer_sparsity": {"dense": 1.2}}, r"layer_sparsity\['dense'\] must be in \[0, 1\)"),
     ({"ramp": 0}, r"ramp must be in \(0, 1\]"),
