@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.sparsity import _buffer_bytes, _tflite_model, weight_sparsity
+from benchmarks.sparsity import _buffer_bytes, _tflite_model, tensor_name, weight_sparsity
 from pipeline.errors import ConfigError
 
 LABELS = ("latency-eligible", "size-only", "dense")
@@ -87,7 +87,7 @@ class _Graph:
             ten = g.Tensors(t)
             raw = _buffer_bytes(model, data, ten.Buffer()) if ten.Buffer() else b""
             self.tensors.append({
-                "name": ten.Name().decode("utf-8", "replace"), "dtype": types.get(ten.Type(), "?"),
+                "name": tensor_name(ten, t), "dtype": types.get(ten.Type(), "?"),
                 "shape": [int(d) for d in ten.ShapeAsNumpy()] if ten.ShapeLength() else [],
                 "raw": raw, "block": _block(ten.Sparsity())})
         self.ops = []

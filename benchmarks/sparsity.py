@@ -199,7 +199,7 @@ def _tflite_layers(path: Path, notes: list[str]) -> list[dict]:
         graph = model.Subgraphs(s)
         for t in range(graph.TensorsLength()):
             tensor = graph.Tensors(t)
-            name = tensor.Name().decode("utf-8", "replace")
+            name = tensor_name(tensor, t)
             shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
             dtype = _TFLITE_DTYPES.get(type_names.get(tensor.Type(), ""))
             if len(shape) < 2 or dtype is None or tensor.Buffer() == 0:
@@ -241,6 +241,11 @@ def _tflite_layers(path: Path, notes: list[str]) -> list[dict]:
     return layers
 
 
+def tensor_name(tensor, index: int) -> str:
+    """A tensor's name, or "tensor<index>" in a file whose names were stripped."""
+    return tensor.Name().decode("utf-8", "replace") if tensor.Name() else f"tensor{index}"
+
+
 def _zero_point(tensor) -> np.ndarray | None:
     q = tensor.Quantization()
     if q is None or q.ZeroPointLength() == 0 or q.ScaleLength() == 0:
@@ -257,7 +262,7 @@ def tflite_sparse_tensors(path) -> list[str]:
         for t in range(graph.TensorsLength()):
             tensor = graph.Tensors(t)
             if tensor.Sparsity() is not None:
-                names.append(tensor.Name().decode("utf-8", "replace"))
+                names.append(tensor_name(tensor, t))
     return names
 
 

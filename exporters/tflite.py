@@ -11,6 +11,11 @@ Modes:
 `sparse=True` adds `Optimize.EXPERIMENTAL_SPARSITY`: weight tensors that are mostly zeros are
 stored in a sparse format (only non-zeros, plus indices) and densified by a DENSIFY op.
 
+`strip_names=True` removes the strings the runtime does not need (tensor and subgraph names,
+the description and the signature defs; TFLite's own `flatbuffer_utils.strip_strings`): ~2 KB
+off a small model, for microcontroller-class targets. Inputs and outputs are then found by
+index (`get_input_details()`), not by signature name.
+
 >>> export_tflite(model, "out/pruned.tflite", sparse=True)
 PosixPath('out/pruned.tflite')
 """
@@ -31,7 +36,7 @@ MAX_CALIBRATION_SAMPLES = 500
 
 
 def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
-                  representative=None) -> Path:
+                  representative=None, strip_names: bool = False) -> Path:
     """Convert `model` with `tf.lite.TFLiteConverter.from_keras_model` and write it atomically.
 
     Raises ConfigError for bad arguments and StageError (cause chained) if the converter fails.
@@ -41,6 +46,8 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
                           f"Received: mode={mode!r}")
     if not isinstance(sparse, bool):
         raise ConfigError(f"TFLite export: sparse must be True or False. Received: sparse={sparse!r}")
+    if not isinstance(strip_names, bool):
+        raise ConfigError(f"TFLite export: strip_names must be True or False. Received: strip_names={strip_names!r}")
     rep = _check_representative(model, mode, representative)
     path = Path(path)
 
@@ -69,7 +76,23 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
             f"failed: {type(exc).__name__}: {first}. Expected a model of TFLite builtin ops; "
             f"fix: strip training wrappers (tfmot strip_pruning/strip_clustering) or try mode='float32'"
         ) from exc
-    return write_bytes_atomic(path, bytes(flatbuffer))
+    flatbuffer = bytes(flatbuffer)
+    return write_bytes_atomic(path, _stripped(flatbuffer) if strip_names else flatbuffer)
+
+
+def strip_names(path) -> Path:
+    """Rewrite a .tflite file in place (atomically) without the strings the runtime does not
+    need: tensor and subgraph names, the description and the signature defs."""
+    path = Path(path)
+    return write_bytes_atomic(path, _stripped(path.read_bytes()))
+
+
+def _stripped(flatbuffer: bytes) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _check_representative(model, mode: str, representative):

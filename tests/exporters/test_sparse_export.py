@@ -99,3 +99,42 @@ def test_xnnpack_prepare_failure_falls_back_to_builtin(tiny_model, tmp_path, mon
     rt = open_runtime(path, "tflite")
     assert rt.delegate == "builtin" and "failed to prepare" in rt.fallback
     assert rt.predict(np.zeros((2, 12, 12, 1), np.float32)).shape == (2, 4)
+
+
+def _tensor_names(path):
+    from benchmarks.sparsity import _tflite_model
+
+    _, model, _ = _tflite_model(path)
+    graph = model.Subgraphs(0)
+    return [graph.Tensors(t).Name() for t in range(graph.TensorsLength())]
+
+
+def test_strip_names_makes_a_smaller_file_with_the_same_outputs_and_measurements(
+        sparse_model, tiny_data, tmp_path):
+    from benchmarks.eligibility import eligibility
+
+    named = export_tflite(sparse_model, tmp_path / "named.tflite", sparse=True)
+    bare = export_tflite(sparse_model, tmp_path / "bare.tflite", sparse=True, strip_names=True)
+
+    assert all(_tensor_names(named)) and not any(_tensor_names(bare))
+    assert file_size(bare)["bytes"] < file_size(named)["bytes"] - 300
+    x = tiny_data.x_test[:32]
+    np.testing.assert_array_equal(open_runtime(bare, "tflite").predict(x),
+                                  open_runtime(named, "tflite").predict(x))
+    # the same per-layer measurements, under index names
+    a, b = weight_sparsity(named, "tflite"), weight_sparsity(bare, "tflite")
+    assert [(l["params"], l["zeros"], l["storage"]) for l in a["layers"]] == \
+        [(l["params"], l["zeros"], l["storage"]) for l in b["layers"]]
+    assert all(l["name"].startswith("tensor") for l in b["layers"])
+    assert len({l["name"] for l in b["layers"]}) == len(b["layers"])
+    assert len(tflite_sparse_tensors(bare)) == 1
+    labels = [(l["op"], l["sparsity"], l["label"]) for l in eligibility(bare, "tflite")["layers"]]
+    assert labels == [(l["op"], l["sparsity"], l["label"]) for l in eligibility(named, "tflite")["layers"]]
+
+
+def test_strip_names_must_be_a_bool(sparse_model, tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="strip_names must be True or False"):
+        export_tflite(sparse_model, tmp_path / "x.tflite", strip_names="yes")
+    assert not (tmp_path / "x.tflite").exists()

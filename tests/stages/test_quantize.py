@@ -213,3 +213,15 @@ def test_disagreement_raises_one_error_naming_the_file(ctx, tiny_model, tmp_path
 def test_bad_parameters(kwargs, field):
     with pytest.raises(ConfigError, match=rf"stage 'quantize': {field}\W.*Received"):
         Quantize(**kwargs)
+
+
+def test_strip_names_gives_a_smaller_file_that_still_passes_parity(ctx, trained):
+    [named] = run(Quantize(mode="int8", representative_samples=100), trained, ctx, folder="named")
+    [bare] = run(Quantize(mode="int8", representative_samples=100, strip_names=True), trained, ctx,
+                 folder="bare")
+    assert bare.meta["names_stripped"] and "names_stripped" not in named.meta
+    assert bare.path.stat().st_size < named.path.stat().st_size - 300
+    assert bare.meta["validation"]["passed"] and bare.meta["weight_dtypes"] == named.meta["weight_dtypes"]
+    assert all(t["name"].startswith("tensor") for t in bare.meta["weight_tensors"])
+    with pytest.raises(ConfigError, match="strip_names must be true or false"):
+        Quantize(strip_names=1)
