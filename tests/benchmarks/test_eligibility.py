@@ -170,25 +170,31 @@ def test_keras_is_not_applicable_and_bad_input_is_rejected(files, tmp_path):
         eligibility(tmp_path / "missing.tflite", "tflite")
 
 
-def test_tfmot_block_4x1_on_a_dense_kernel_is_tflite_1x4(tmp_path):
-    """Keras stores a Dense kernel [in, out], TFLite [out, in]: tfmot's block_size=(4, 1) is
-    the 1x4 block the builtin sparse kernel reads; (1, 4) is not and gets densified."""
+def _tfmot_pruned_fc(block, sparsity, path, rows=64, **export):
+    """A 64-input Dense layer pruned by tfmot with `block_size=block`, stripped and exported."""
     import tensorflow_model_optimization as tfmot
 
     keras = _keras()
+    keras.utils.set_random_seed(0)
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(
+        keras.layers.Dense(128, activation="relu", name="fc1"), block_size=block,
+        pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(sparsity, 0, frequency=1))
+    model = keras.Sequential([keras.layers.Input((64,)), wrapped, keras.layers.Dense(4)])
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).random((rows, 64)).astype("float32")
+    model.fit(x, x[:, :4], epochs=1, batch_size=32, verbose=0,
+              callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    if export.get("mode") == "int8":
+        export["representative"] = x[:64]
+    return export_tflite(tfmot.sparsity.keras.strip_pruning(model), path, sparse=True, **export)
+
+
+def test_tfmot_block_4x1_on_a_dense_kernel_is_tflite_1x4(tmp_path):
+    """Keras stores a Dense kernel [in, out], TFLite [out, in]: tfmot's block_size=(4, 1) is
+    the 1x4 block the builtin sparse kernel reads; (1, 4) is not and gets densified."""
     labels = {}
     for block in ((4, 1), (1, 4)):
-        keras.utils.set_random_seed(0)
-        wrapped = tfmot.sparsity.keras.prune_low_magnitude(
-            keras.layers.Dense(128, activation="relu", name="fc1"), block_size=block,
-            pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.8, 0, frequency=1))
-        model = keras.Sequential([keras.layers.Input((64,)), wrapped, keras.layers.Dense(4)])
-        model.compile("sgd", "mse")
-        x = np.random.default_rng(0).random((64, 64)).astype("float32")
-        model.fit(x, x[:, :4], epochs=1, batch_size=32, verbose=0,
-                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
-        path = export_tflite(tfmot.sparsity.keras.strip_pruning(model), tmp_path / f"{block}.tflite",
-                             sparse=True)
+        path = _tfmot_pruned_fc(block, 0.8, tmp_path / f"{block}.tflite")
         labels[block] = _by_op(eligibility(path, "tflite"), "FULLY_CONNECTED")[0]
     assert labels[(4, 1)]["sparse_fc_block"] == "1x4" and labels[(4, 1)]["label"] == "latency-eligible"
     assert labels[(1, 4)]["densify"] and labels[(1, 4)]["label"] == "size-only"
@@ -196,25 +202,12 @@ def test_tfmot_block_4x1_on_a_dense_kernel_is_tflite_1x4(tmp_path):
 
 
 def test_tfmot_block_16x1_on_a_dense_kernel_is_stored_as_int8_1x16_blocks(tmp_path):
-    """tfmot's block_size=(16, 1) (the prune stage's layer_block_size={fc1 = [16, 1]}) gives the 1x16 blocks TFLite stores
-    int8 FULLY_CONNECTED weights in: one index per 16 weights, so a far smaller file than the
-    same sparsity weight by weight."""
-    import tensorflow_model_optimization as tfmot
-
-    keras = _keras()
-    x = np.random.default_rng(0).random((256, 64)).astype("float32")
+    """tfmot's block_size=(16, 1) (the prune stage's layer_block_size={fc1 = [16, 1]}) gives
+    the 1x16 blocks TFLite stores int8 FULLY_CONNECTED weights in: one index per 16 weights, so
+    a far smaller file than the same sparsity weight by weight."""
     sizes, labels = {}, {}
     for block in ((16, 1), (1, 1)):
-        keras.utils.set_random_seed(0)
-        wrapped = tfmot.sparsity.keras.prune_low_magnitude(
-            keras.layers.Dense(128, activation="relu", name="fc1"), block_size=block,
-            pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.85, 0, frequency=1))
-        model = keras.Sequential([keras.layers.Input((64,)), wrapped, keras.layers.Dense(4)])
-        model.compile("sgd", "mse")
-        model.fit(x, x[:, :4], epochs=1, batch_size=32, verbose=0,
-                  callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
-        path = export_tflite(tfmot.sparsity.keras.strip_pruning(model), tmp_path / f"{block}.tflite",
-                             mode="int8", sparse=True, representative=x[:64])
+        path = _tfmot_pruned_fc(block, 0.85, tmp_path / f"{block}.tflite", rows=256, mode="int8")
         sizes[block] = path.stat().st_size
         labels[block] = _by_op(eligibility(path, "tflite"), "FULLY_CONNECTED")[0]
     assert labels[(16, 1)]["weights_dtype"] == "int8" and labels[(16, 1)]["sparse_storage"]
