@@ -47,7 +47,8 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
     if not isinstance(sparse, bool):
         raise ConfigError(f"TFLite export: sparse must be True or False. Received: sparse={sparse!r}")
     if not isinstance(strip_names, bool):
-        raise ConfigError(f"TFLite export: strip_names must be True or False. Received: strip_names={strip_names!r}")
+        raise ConfigError(f"TFLite export: strip_names must be True or False. "
+                          f"Received: strip_names={strip_names!r}")
     rep = _check_representative(model, mode, representative)
     path = Path(path)
 

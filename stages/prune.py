@@ -175,7 +175,9 @@ class Prune:
                      + (", and note that m:n pruning needs >= n input channels per layer"
                         if self.sparsity_m_by_n else ""))
         meta = {"target_sparsity": round(target, 4), "achieved_sparsity": round(achieved, 4),
-                "layers": per_layer, **({"block_sizes": {k: list(v) for k, v in blocks.items()}} if blocks else {}), "frequency": frequency, "end_step": end_step, "steps": steps}
+                "layers": per_layer, "frequency": frequency, "end_step": end_step, "steps": steps}
+        if blocks:
+            meta["block_sizes"] = {name: list(block) for name, block in blocks.items()}
         return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
 
     def _targets(self, model, ctx) -> set[str]:
@@ -204,7 +206,8 @@ class Prune:
             ctx.note(f"prune: block_size={self.block_size} left {', '.join(left)} dense: "
                      "tfmot's block sparsity needs 2-D kernels larger than the block")
         targets = set(self.layers or prunable)
-        for option, entries in (("layer_sparsity", self.layer_sparsity), ("layer_block_size", self.layer_block_size)):
+        for option, entries in (("layer_sparsity", self.layer_sparsity),
+                                ("layer_block_size", self.layer_block_size)):
             stray = [name for name, _ in entries if name not in targets]
             if stray:
                 raise ConfigError(f"stage 'prune': {option} names {stray!r}, which this stage does not "

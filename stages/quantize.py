@@ -16,7 +16,8 @@ from pipeline.stage import check_count, check_fraction, require
 from stages._fit import check_distill, check_lr_decay, fit
 
 from benchmarks.sparsity import weight_sparsity
-from exporters.tflite import export_tflite, strip_names
+from exporters.tflite import export_tflite
+from exporters.tflite import strip_names as strip_tflite_names
 from exporters.validate import check_parity
 
 PTQ_MODES = ("dynamic", "int8", "float16")
@@ -112,7 +113,7 @@ class Quantize:
         if self.mode in PTQ_MODES:
             self._convert(source, path, ctx)
             if self.strip_names:
-                strip_names(path)
+                strip_tflite_names(path)
             meta = self._measure(path, reference, x, ctx)
             return [ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta)]
 
