@@ -520,9 +520,14 @@ def select_channels(groups: list[Group], scores: Mapping[str, np.ndarray],
         else:
             lo = mid + 1
     counts = counts_at(lo)
-    keep = {g.id: np.sort(np.argsort(-np.asarray(scores[g.id]), kind="stable")[:counts[g.id]])
+    return _highest(groups, scores, counts, sizes), cost(counts) <= budget
+
+
+def _highest(groups, scores, counts, sizes) -> dict[str, np.ndarray]:
+    """{group id: indices of its counts[id] highest-scoring channels, sorted} for the groups
+    that lose channels."""
+    return {g.id: np.sort(np.argsort(-np.asarray(scores[g.id]), kind="stable")[:counts[g.id]])
             for g in groups if counts[g.id] < sizes[g.id]}
-    return keep, cost(counts) <= budget
 
 
 def _select_cost_aware(groups, scores, cost, budget, sizes, min_channels, round_to, exponent):
@@ -552,6 +557,4 @@ def _select_cost_aware(groups, scores, cost, budget, sizes, min_channels, round_
             break
         counts[best] -= 1
     final = rounded(counts)
-    keep = {g.id: np.sort(np.argsort(-np.asarray(scores[g.id]), kind="stable")[:final[g.id]])
-            for g in groups if final[g.id] < sizes[g.id]}
-    return keep, cost(final) <= budget
+    return _highest(groups, scores, final, sizes), cost(final) <= budget
