@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from benchmarks.measure import file_size, interleaved_latency, measure_latency
+from benchmarks.measure import REWARM, file_size, interleaved_latency, measure_latency
 from pipeline.errors import ConfigError
 
 
@@ -102,3 +102,20 @@ def test_interleaved_latency_rejects_bad_passes_and_jobs():
         interleaved_latency({"a": lambda: (lambda: None)}, passes=0)
     with pytest.raises(ConfigError, match="job 'a' must return a callable"):
         interleaved_latency({"a": lambda: None}, passes=1, min_runs=1, min_seconds=0.0)
+
+
+def test_interleaved_latency_warms_up_fully_in_the_first_pass_only():
+    opened = []
+
+    def open_job():
+        calls = [0]
+        opened.append(calls)
+
+        def call():
+            calls[0] += 1
+        return call
+
+    res = interleaved_latency({"a": open_job}, passes=3, warmup=5, min_runs=3, min_seconds=0.0)
+    # untimed + 1 timed call per pass: the full warm-up once, then REWARM after each reopening
+    assert [c[0] for c in opened] == [5 + 1, REWARM + 1, REWARM + 1]
+    assert res["a"]["runs"] == 3 and res["a"]["warmup"] == 5
