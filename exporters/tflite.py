@@ -4,8 +4,8 @@ Modes:
 - "float32": plain float model.
 - "dynamic": dynamic-range quantization (`Optimize.DEFAULT`): int8 weights, float activations.
 - "int8": full-integer quantization calibrated on `representative` (np array of model inputs);
-  int8 weights, activations, inputs and outputs. `benchmarks.runtimes` quantizes inputs and
-  dequantizes outputs, so callers still pass and get floats.
+  int8 weights and activations; int8 inputs and outputs unless `io="float"` (`benchmarks.runtimes`
+  quantizes inputs and dequantizes outputs, so callers still pass and get floats).
 - "float16": float16 weights (`Optimize.DEFAULT` + `supported_types=[float16]`).
 
 `sparse=True` adds `Optimize.EXPERIMENTAL_SPARSITY`: weight tensors that are mostly zeros are
@@ -30,14 +30,23 @@ from exporters import write_bytes_atomic
 from pipeline.errors import ConfigError, StageError
 
 MODES = ("float32", "dynamic", "int8", "float16")
+IO_TYPES = ("int8", "float")
 
 # Calibration samples fed to the int8 converter at most (the converter's own default is 100+).
 MAX_CALIBRATION_SAMPLES = 500
 
 
 def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
-                  representative=None, strip_names: bool = False) -> Path:
+                  representative=None, strip_names: bool = False, io: str = "int8",
+                  per_channel: bool = True) -> Path:
     """Convert `model` with `tf.lite.TFLiteConverter.from_keras_model` and write it atomically.
+
+    `io` (mode "int8" only): "int8" makes the model's inputs and outputs int8 too; "float" keeps
+    them float (the converter adds QUANTIZE/DEQUANTIZE at the edges). `per_channel=False` gives
+    conv kernels one int8 scale per tensor instead of one per output channel (the converter's
+    `_experimental_disable_per_channel`): a clustered kernel's k shared values then stay k int8
+    codes, which compress to log2(k) bits, at some accuracy risk for kernels whose channels
+    differ in range.
 
     Raises ConfigError for bad arguments and StageError (cause chained) if the converter fails.
     """
@@ -49,6 +58,11 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
     if not isinstance(strip_names, bool):
         raise ConfigError(f"TFLite export: strip_names must be True or False. "
                           f"Received: strip_names={strip_names!r}")
+    if io not in IO_TYPES:
+        raise ConfigError(f"TFLite export: io must be 'int8' or 'float'. Received: io={io!r}")
+    if not isinstance(per_channel, bool):
+        raise ConfigError(f"TFLite export: per_channel must be True or False. "
+                          f"Received: per_channel={per_channel!r}")
     rep = _check_representative(model, mode, representative)
     path = Path(path)
 
@@ -67,8 +81,10 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
         elif mode == "int8":
             converter.representative_dataset = _representative_dataset(rep)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+            if io == "int8":
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+        converter._experimental_disable_per_channel = not per_channel
         flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises many types (ConverterError, ValueError, ...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

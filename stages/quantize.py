@@ -1,7 +1,6 @@
 """The quantize stage: int8 / float16 TFLite files, post-training or quantization-aware."""
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,10 @@ class Quantize:
     `strip_names=True` drops the tensor names and signature defs from the file (see
     `exporters.tflite.strip_names`): ~2 KB smaller, same outputs; the report then names its
     tensors tensor<index>.
+    `per_channel=False` gives each conv kernel one int8 scale instead of one per output channel
+    (int8/dynamic: the converter's flag; QAT modes: tfmot's per-tensor weight quantizer, keeping
+    pqat/cqat preservation): a clustered kernel's k shared values stay k int8 codes, so the file
+    gzips smaller, at some accuracy risk (measured in the README).
     """
 
     name: ClassVar[str] = "quantize"
@@ -73,6 +76,7 @@ class Quantize:
     io: str = "float"
     sparse: bool = False
     strip_names: bool = False
+    per_channel: bool = True
     min_agreement: float = 0.97
     parity_samples: int = 256
     lr_decay: str = "constant"
@@ -98,6 +102,11 @@ class Quantize:
         require(isinstance(self.sparse, bool), n, f"sparse must be true or false. Received: sparse={self.sparse!r}")
         require(isinstance(self.strip_names, bool), n,
                 f"strip_names must be true or false. Received: strip_names={self.strip_names!r}")
+        require(isinstance(self.per_channel, bool), n,
+                f"per_channel must be true or false. Received: per_channel={self.per_channel!r}")
+        require(self.per_channel or self.mode != "float16", n,
+                "per_channel=false needs an int8 mode: float16 has no scales. "
+                f"Received: mode={self.mode!r}; fix: drop per_channel or use mode 'dynamic'/'int8'/a QAT mode")
         check_fraction(n, "min_agreement", self.min_agreement, upper_open=False)
         check_count(n, "parity_samples", self.parity_samples, minimum=1)
 
@@ -107,7 +116,7 @@ class Quantize:
         x = ctx.data.x_test[: self.parity_samples]
         reference = source.predict(x, verbose=0, batch_size=256)
         stem = art.name + "." + self.mode + (".io-int8" if self.io == "int8" else "") \
-            + (".sparse" if self.sparse else "")
+            + (".per-tensor" if not self.per_channel else "") + (".sparse" if self.sparse else "")
         path = ctx.stage_path(f"{stem}.tflite")
 
         if self.mode in PTQ_MODES:
@@ -119,7 +128,8 @@ class Quantize:
 
         qat, qat_meta = self._train_qat(source, ctx)
         # Optimize.DEFAULT on a QAT model uses its learned ranges: full int8 with float I/O.
-        export_tflite(qat, path, mode="dynamic", sparse=self.sparse, strip_names=self.strip_names)
+        export_tflite(qat, path, mode="dynamic", sparse=self.sparse, strip_names=self.strip_names,
+                      per_channel=self.per_channel)
         # The file is checked against the model it was converted from. Fine-tuning itself
         # moves the predictions (on the tiny test set cqat lifted accuracy 0.92 -> 0.99, so only
         # 0.93 agreed with the input while the file matched its QAT model on 100%): agreement
@@ -135,15 +145,11 @@ class Quantize:
     # -- post-training -----------------------------------------------------------------------
     def _convert(self, model, path: Path, ctx) -> None:
         if self.mode != "int8":
-            export_tflite(model, path, mode=self.mode, sparse=self.sparse)
+            export_tflite(model, path, mode=self.mode, sparse=self.sparse, per_channel=self.per_channel)
             return
         rep = ctx.data.x_train[: self.representative_samples]
-        if self.io == "int8":
-            export_tflite(model, path, mode="int8", sparse=self.sparse, representative=rep)
-        elif "io" in inspect.signature(export_tflite).parameters:
-            export_tflite(model, path, mode="int8", sparse=self.sparse, representative=rep, io="float")
-        else:
-            _export_int8_float_io(model, path, rep, sparse=self.sparse)
+        export_tflite(model, path, mode="int8", sparse=self.sparse, representative=rep, io=self.io,
+                      per_channel=self.per_channel)
 
     # -- quantization-aware training ---------------------------------------------------------
     def _train_qat(self, source, ctx):
@@ -152,14 +158,7 @@ class Quantize:
         qk, combine = tfmot.quantization.keras, tfmot.experimental.combine
         model = clone_with_weights(source)  # quantize_annotate wraps the layers it is given
         try:
-            if self.mode == "qat":
-                qat = qk.quantize_model(model)
-            else:
-                scheme = {"pqat": combine.Default8BitPrunePreserveQuantizeScheme,
-                          "cqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
-                          "pcqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
-                          }[self.mode]()
-                qat = qk.quantize_apply(qk.quantize_annotate_model(model), scheme)
+            qat = qk.quantize_apply(qk.quantize_annotate_model(model), qat_scheme(self.mode, self.per_channel))
         except RuntimeError as exc:
             found = _UNSUPPORTED.search(str(exc))
             if not found:
@@ -221,12 +220,60 @@ class Quantize:
                      + (" (sparse weight storage)" if self.sparse else ""))
         tensors = tflite_weight_tensors(path)
         meta = {"mode": self.mode, "io": self.io, "sparse_storage": self.sparse,
+                "per_channel": self.per_channel,
                 **({"names_stripped": True} if self.strip_names else {}),
                 "weight_dtypes": sorted({t["dtype"] for t in tensors}), "weight_tensors": tensors,
                 "validation": check}
         if self.mode == "int8":
             meta["representative_samples"] = min(self.representative_samples, len(ctx.data.x_train))
         return meta
+
+
+def qat_scheme(mode: str, per_channel: bool = True):
+    """The tfmot quantize scheme of a QAT mode. per_channel=False swaps the per-output-channel
+    weight quantizer tfmot gives Conv2D kernels for the per-tensor one it gives Dense kernels
+    (keeping its prune/cluster preservation), so the converted file has one scale per kernel."""
+    import tensorflow_model_optimization as tfmot
+
+    combine = tfmot.experimental.combine
+    if mode == "qat":
+        return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme(
+            disable_per_axis=not per_channel)
+    scheme = {"pqat": combine.Default8BitPrunePreserveQuantizeScheme,
+              "cqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
+              "pcqat": lambda: combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
+              }[mode]()
+    if not per_channel:
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry as registries)
+
+        registry = scheme.get_quantize_registry()
+        per_layer = registry.get_quantize_config
+
+        def per_tensor_config(layer):
+            config = per_layer(layer)
+            if not getattr(getattr(config, "weight_quantizer", None), "per_axis", False):
+                return config
+            # The Dense layers' config class, so that a saved model loads per-tensor again.
+            flat = registries.Default8BitQuantizeConfig(config.weight_attrs, config.activation_attrs,
+                                                        config.quantize_output)
+            flat.weight_quantizer = _per_tensor_quantizer(mode)
+            return flat
+
+        registry.get_quantize_config = per_tensor_config
+        scheme.get_quantize_registry = lambda: registry
+    return scheme
+
+
+def _per_tensor_quantizer(mode: str):
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        cluster_preserve_quantize_registry as cluster)
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        prune_preserve_quantize_registry as prune)
+
+    if mode == "pqat":
+        return prune.PrunePreserveDefault8BitWeightsQuantizer()
+    return cluster.ClusterPreserveDefault8BitWeightsQuantizer(preserve_sparsity=mode == "pcqat")
 
 
 def _versus_input(path: Path, input_logits, x, y) -> dict:
@@ -311,21 +358,3 @@ def _unsupported_message(model, layer_name: str, class_path: str, mode: str) -> 
     return (f"stage 'quantize': layer {layer_name!r} ({cls}) cannot be quantized by tfmot here because it "
             f"does not follow a Conv2D or a Dense without activation{follows}: {ptq}, "
             f"or move the BatchNormalization directly after a conv")
-
-
-def _export_int8_float_io(model, path: Path, representative, *, sparse: bool) -> Path:
-    """Full-integer conversion keeping float inputs/outputs (the converter adds QUANTIZE and
-    DEQUANTIZE at the edges). Only until exporters.tflite.export_tflite takes `io="float"`:
-    it reuses that module's checks, calibration feed and atomic write."""
-    import tensorflow as tf
-
-    from exporters import write_bytes_atomic
-    from exporters.tflite import _check_representative, _representative_dataset
-
-    rep = _check_representative(model, "int8", representative)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT] + (
-        [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else [])
-    converter.representative_dataset = _representative_dataset(rep)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return write_bytes_atomic(path, bytes(converter.convert()))

@@ -129,4 +129,8 @@ def test_bad_arguments(tiny_model, tiny_data, tmp_path):
     with pytest.raises(ConfigError, match=r"shape \(N, 12, 12, 1\)"):
         export_tflite(tiny_model, tmp_path / "a.tflite", mode="int8",
                       representative=np.zeros((4, 28, 28, 1), np.float32))
+    with pytest.raises(ConfigError, match="io must be 'int8' or 'float'"):
+        export_tflite(tiny_model, tmp_path / "a.tflite", io="uint8")
+    with pytest.raises(ConfigError, match="per_channel must be True or False"):
+        export_tflite(tiny_model, tmp_path / "a.tflite", per_channel="no")
     assert not (tmp_path / "a.tflite").exists()

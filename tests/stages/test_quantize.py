@@ -207,6 +207,7 @@ def test_disagreement_raises_one_error_naming_the_file(ctx, tiny_model, tmp_path
     ({"learning_rate": -1e-4}, "learning_rate"),
     ({"representative_samples": 0}, "representative_samples"),
     ({"sparse": 1}, "sparse"),
+    ({"per_channel": "no"}, "per_channel"),
     ({"min_agreement": 1.5}, "min_agreement"),
     ({"parity_samples": 0}, "parity_samples"),
 ])
@@ -225,3 +226,51 @@ def test_strip_names_gives_a_smaller_file_that_still_passes_parity(ctx, trained)
     assert all(t["name"].startswith("tensor") for t in bare.meta["weight_tensors"])
     with pytest.raises(ConfigError, match="strip_names must be true or false"):
         Quantize(strip_names=1)
+
+
+def conv_kernel(path, shape=(8, 3, 3, 1)):
+    """(number of scales, distinct int8 codes) of the tiny model's conv kernel in a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    [d] = [d for d in interp.get_tensor_details() if tuple(d["shape"]) == shape]
+    return len(d["quantization_parameters"]["scales"]), np.unique(interp.get_tensor(d["index"])).size
+
+
+def test_per_tensor_int8_has_one_scale_per_kernel(ctx, trained):
+    [channel] = run(Quantize(mode="int8", representative_samples=100), trained, ctx, folder="pc")
+    [tensor] = run(Quantize(mode="int8", representative_samples=100, per_channel=False), trained, ctx,
+                   folder="pt")
+
+    assert tensor.name == "trained.int8.per-tensor.tflite" and tensor.meta["validation"]["passed"]
+    assert conv_kernel(channel.path)[0] == 8 and conv_kernel(tensor.path)[0] == 1
+
+
+def test_per_tensor_cqat_keeps_k_int8_codes_and_reloads(ctx, trained):
+    ctx.stage_dir = ctx.out_dir / "cluster"
+    [clustered] = Cluster(clusters=8, preserve_sparsity=False, epochs=0).run(trained, ctx)
+
+    _, channel = run(Quantize(mode="cqat", epochs=1), clustered, ctx, folder="pc")
+    keras_art, tensor = run(Quantize(mode="cqat", epochs=1, per_channel=False), clustered, ctx, folder="pt")
+
+    # Per channel, each filter's scale maps the 8 shared values to codes of its own.
+    scales, codes = conv_kernel(channel.path)
+    assert scales == 8 and codes > 8
+    assert conv_kernel(tensor.path) == (1, 8)
+    assert tensor.meta["validation"]["passed"] and tensor.meta["weight_dtypes"] == ["int8"]
+    reloaded = ctx.keras_model(keras_art)  # the per-tensor quantizers load as saved
+    x = ctx.data.x_test[:32]
+    assert np.allclose(reloaded.predict(x, verbose=0), load_keras(keras_art.path).predict(x, verbose=0))
+    with pytest.raises(ConfigError, match="per_channel=false needs an int8 mode"):
+        Quantize(mode="float16", per_channel=False)
+
+
+@pytest.mark.parametrize("mode", ["qat", "pqat"])
+def test_per_tensor_qat_modes_have_one_scale_per_kernel(ctx, trained, mode):
+    keras_art, tfl = run(Quantize(mode=mode, epochs=1, per_channel=False), trained, ctx, folder=mode)
+
+    assert tfl.name == f"trained.{mode}.per-tensor.tflite" and tfl.meta["per_channel"] is False
+    assert conv_kernel(tfl.path)[0] == 1 and tfl.meta["validation"]["passed"]
+    assert ctx.keras_model(keras_art) is not None
