@@ -1,8 +1,8 @@
 """The run context: what every stage of one run shares.
 
 It holds the data set, every artifact made so far (in order), the measurements the benchmark
-stage took, notes for the report, and an in-memory cache of Keras models so that a stage does
-not reload the file its predecessor just wrote.
+stage took, notes for the report, an in-memory cache of Keras models so that a stage does
+not reload the file its predecessor just wrote, and a memo for other per-run results.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class RunContext:
     stage_timings: list[dict[str, Any]] = field(default_factory=list)
     data_sha256: str | None = None  # fingerprint of the data set, part of every cache key
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # -- artifacts -------------------------------------------------------------------------
     def find(self, name: str) -> Artifact:
@@ -46,6 +47,14 @@ class RunContext:
         if art.id not in self._models:
             self._models[art.id] = load_keras(art.path)
         return self._models[art.id]
+
+    def memo(self, key, compute):
+        """compute() once per run for `key` (e.g. a teacher's logits on the training set, which
+        every distilled stage of the run needs), its result reused after that. Callers must
+        not mutate the result."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def save_model(self, stage, model, name: str, *, parent: Artifact | None, kind: str,
                    meta: dict[str, Any] | None = None) -> Artifact:

@@ -7,7 +7,8 @@ import pipeline  # noqa: F401
 from pipeline.artifacts import make_artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import save_keras
-from stages._fit import _distillation, fit
+from stages import _fit
+from stages._fit import _distillation, _teacher_logits as teacher_logits, fit
 from stages.prune import Prune
 from stages.train import Train
 from tests.conftest import make_tiny_model
@@ -52,7 +53,7 @@ def test_bad_fine_tuning_parameters(stage, kwargs, match):
         STAGES[stage](**kwargs)
 
 
-def test_distilled_prune_reaches_its_sparsity_and_learns(ctx):
+def test_distilled_prune_reaches_its_sparsity_and_learns(ctx, monkeypatch):
     src = make_artifact("source", save_keras(make_tiny_model(), ctx.out_dir / "source.h5"), fmt="keras",
                         kind="keras", stage="source", config={}, parent=None)
     ctx.artifacts.append(src)
@@ -60,11 +61,19 @@ def test_distilled_prune_reaches_its_sparsity_and_learns(ctx):
     [trained] = Train(epochs=3).run(src, ctx)
     ctx.artifacts.append(trained)
     ctx.stage_dir = ctx.out_dir / "prune"
+    computed = []
+    monkeypatch.setattr(_fit, "_teacher_logits", lambda c: computed.append(1) or teacher_logits(c))
     [pruned] = Prune(final_sparsity=0.7, epochs=2, distill=0.7).run(trained, ctx)
     assert abs(pruned.meta["achieved_sparsity"] - 0.7) < 0.03
     model = ctx.keras_model(pruned)
     acc = np.mean(np.argmax(model.predict(ctx.data.x_test, verbose=0), 1) == ctx.data.y_test)
     assert acc > 0.9
+
+    # A later distilled stage of the run reuses the teacher's logits instead of recomputing them.
+    fit(make_tiny_model(), ctx, epochs=1, batch_size=64, learning_rate=1e-3, distill=0.5)
+    assert computed == [1]
+    memo = ctx.memo(("teacher_logits", trained.id), lambda: None)
+    assert np.allclose(memo, ctx.keras_model(trained).predict(ctx.data.x_train, verbose=0), atol=1e-5)
 
 
 def test_every_epoch_is_exactly_one_pass_over_the_training_set(tmp_path):
