@@ -28,7 +28,7 @@ from typing import Any, Callable, ClassVar
 from pipeline import __version__
 from pipeline.artifacts import Artifact, canonical_json, content_sha256
 from pipeline.context import RunContext
-from pipeline.errors import SlimpipeError, StageError
+from pipeline.errors import ConfigError, SlimpipeError, StageError
 from pipeline.recipe import Recipe
 from pipeline.stage import stage_config
 
@@ -109,6 +109,14 @@ def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str,
                          f"('{current.name}'): {type(exc).__name__}: {exc}") from exc
     finally:
         ctx.stage_dir = None
+    taken = {a.name for a in ctx.artifacts}
+    clash = [a.name for a in outputs if a.name in taken]
+    if clash:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"step '{step.name}' made {', '.join(map(repr, clash))}, a name an earlier step "
+                          "already gave an artifact, so the report could not tell the two apart. Fix: "
+                          "give the step options that differ in its output (e.g. sparse, per_channel, "
+                          "mode) or remove one of the two steps")
     return _commit(ctx, tmp, ctx.out_dir / label, outputs, key, delta,
                    seconds=time.perf_counter() - started)
 

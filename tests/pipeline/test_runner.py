@@ -157,3 +157,11 @@ def test_a_step_with_input_branches_from_that_step(ctx, tiny_model):
     assert by_name["b1"].parent == "a1" and by_name["c1"].parent == "a1"
     assert seen == ["c1"]  # the step after a branch works on the branch's result
     assert final.name == "d1" and final.parent == "source"
+
+
+def test_a_step_that_repeats_an_artifact_name_fails_and_leaves_no_folder(ctx, tiny_model):
+    recipe = Recipe("t", (Step("a", Double("same")), Step("b", Double("same"))))
+    with pytest.raises(ConfigError, match=r"step 'b' made 'same', a name an earlier step already gave"):
+        run_recipe(recipe, _source(ctx, tiny_model), ctx, log=lambda s: None)
+    assert (ctx.out_dir / "01-a").is_dir() and not (ctx.out_dir / "02-b").exists()
+    assert not list(ctx.out_dir.glob(".02-*"))
