@@ -76,14 +76,32 @@ def _list() -> int:
     from pipeline.recipe import shipped_recipes
     from stages import STAGES
 
-    sections = [("models", MODELS), ("data sets", DATASETS),
-                ("stages", {k: (v.__doc__ or "").strip().splitlines()[0] for k, v in STAGES.items()}),
+    stages = {k: (v.__doc__ or "").strip().splitlines()[0] + "\n" + _parameters(v) for k, v in STAGES.items()}
+    sections = [("models", MODELS), ("data sets", DATASETS), ("stages", stages),
                 ("recipes", shipped_recipes())]
     for title, entries in sections:
         print(f"{title}:")
         for key, text in entries.items():
-            print(f"  {key:<16} {text}")
+            first, *rest = text.split("\n")
+            print(f"  {key:<16} {first}")
+            for line in rest:
+                print(f"  {'':<16} {line}")
     return 0
+
+
+def _parameters(stage_class) -> str:
+    """A stage's recipe parameters and their defaults, wrapped to ~100 columns."""
+    import dataclasses
+    import textwrap
+
+    def default(f):
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
+
+    params = ", ".join(f"{f.name}={default(f)!r}" for f in dataclasses.fields(stage_class) if f.init)
+    return "\n".join(textwrap.wrap("parameters: " + (params or "none"), width=82,
+                                   subsequent_indent="  ", break_on_hyphens=False))
 
 
 def default_out(model: str, dataset: str) -> Path:

@@ -137,6 +137,8 @@ def test_console_script_lists_and_exits_2(tmp_path):
     assert listing.returncode == 0
     for word in ("cnn", "vgg16", "fashion_mnist", "cifar10", "prune", "strip", "default"):
         assert word in listing.stdout
+    # every stage's parameters with their defaults
+    assert "final_sparsity=" in listing.stdout and "per_channel=True" in listing.stdout
     bad = subprocess.run([exe, "compress", "--model", "nope", "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
