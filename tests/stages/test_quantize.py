@@ -260,9 +260,10 @@ def test_per_tensor_cqat_keeps_k_int8_codes_and_reloads(ctx, trained):
     assert scales == 8 and codes > 8
     assert conv_kernel(tensor.path) == (1, 8)
     assert tensor.meta["validation"]["passed"] and tensor.meta["weight_dtypes"] == ["int8"]
-    reloaded = ctx.keras_model(keras_art)  # the per-tensor quantizers load as saved
+    # The saved file loads with its per-tensor quantizers and predicts as the model in memory.
     x = ctx.data.x_test[:32]
-    assert np.allclose(reloaded.predict(x, verbose=0), load_keras(keras_art.path).predict(x, verbose=0))
+    in_memory = ctx.keras_model(keras_art)
+    assert np.allclose(in_memory.predict(x, verbose=0), load_keras(keras_art.path).predict(x, verbose=0))
     with pytest.raises(ConfigError, match="per_channel=false needs an int8 mode"):
         Quantize(mode="float16", per_channel=False)
 
@@ -273,4 +274,6 @@ def test_per_tensor_qat_modes_have_one_scale_per_kernel(ctx, trained, mode):
 
     assert tfl.name == f"trained.{mode}.per-tensor.tflite" and tfl.meta["per_channel"] is False
     assert conv_kernel(tfl.path)[0] == 1 and tfl.meta["validation"]["passed"]
-    assert ctx.keras_model(keras_art) is not None
+    x = ctx.data.x_test[:32]  # the saved file loads (per-tensor quantizers) and predicts the same
+    assert np.allclose(ctx.keras_model(keras_art).predict(x, verbose=0),
+                       load_keras(keras_art.path).predict(x, verbose=0))
