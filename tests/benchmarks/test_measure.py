@@ -1,9 +1,11 @@
 """measure_latency, interleaved_latency and file_size."""
 import gzip
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from benchmarks import measure
 from benchmarks.measure import REWARM, file_size, interleaved_latency, measure_latency
 from pipeline.errors import ConfigError
 
@@ -70,31 +72,38 @@ def test_file_size_of_zeros_and_of_a_directory(tmp_path):
         file_size(tmp_path / "missing")
 
 
-def _drifting_machine(after_calls: int):
-    """Identical jobs on a machine that gets 3x slower after `after_calls` calls in all."""
-    calls = []
+def _drifting_machine(monkeypatch, after_calls: int):
+    """Identical jobs on a machine that gets 3x slower after `after_calls` calls in all.
+
+    The clock is virtual (each call advances it by 0.2 ms, later 0.6 ms): with real sleeps the
+    pooled p50 of 20 fast and 20 slow calls sat on the scheduler's jitter and failed in CI.
+    """
+    calls, now = [], [0]
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter_ns=lambda: now[0]))
 
     def open_job(name):
         def job():
             calls.append(name)
-            time.sleep(0.0006 if len(calls) > after_calls else 0.0002)
+            now[0] += 600_000 if len(calls) > after_calls else 200_000
         return job
     return calls, open_job
 
 
-def test_interleaved_passes_spread_a_drift_over_every_job():
-    calls, open_job = _drifting_machine(after_calls=40)
+def test_interleaved_passes_spread_a_drift_over_every_job(monkeypatch):
+    calls, open_job = _drifting_machine(monkeypatch, after_calls=40)
     seq = {n: measure_latency(open_job(n), warmup=0, min_runs=40, min_seconds=0.0) for n in "ab"}
-    assert seq["b"]["p50_ms"] / seq["a"]["p50_ms"] > 2  # one after the other: b takes the slowdown
+    assert seq["a"]["p50_ms"] == pytest.approx(0.2) and seq["b"]["p50_ms"] == pytest.approx(0.6)
 
-    calls, open_job = _drifting_machine(after_calls=40)
+    calls, open_job = _drifting_machine(monkeypatch, after_calls=40)
     opened = []
     jobs = {n: (lambda n=n: opened.append(n) or open_job(n)) for n in "ab"}
     res = interleaved_latency(jobs, passes=4, warmup=0, min_runs=40, min_seconds=0.0)
     assert opened == list("abababab") and calls == [c for c in "ab" * 4 for _ in range(10)]
     assert all(r["runs"] == 40 and r["passes"] == 4 and len(r["pass_p50_ms"]) == 4 for r in res.values())
-    assert 0.75 < res["b"]["p50_ms"] / res["a"]["p50_ms"] < 1.33  # both saw fast and slow passes
-    assert res["a"]["pass_p50_ms"][3] > 2 * res["a"]["pass_p50_ms"][0]  # the drift is on record
+    # each job: 20 fast calls and 20 slow ones, so equal p50s (one after the other: 0.2 vs 0.6)
+    assert res["a"]["p50_ms"] == pytest.approx(0.4) and res["b"]["p50_ms"] == pytest.approx(0.4)
+    for name in "ab":  # the drift is on record
+        assert res[name]["pass_p50_ms"] == pytest.approx([0.2, 0.2, 0.6, 0.6])
 
 
 def test_interleaved_latency_rejects_bad_passes_and_jobs():
