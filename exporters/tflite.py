@@ -9,7 +9,12 @@ Modes:
 - "float16": float16 weights (`Optimize.DEFAULT` + `supported_types=[float16]`).
 
 `sparse=True` adds `Optimize.EXPERIMENTAL_SPARSITY`: weight tensors that are mostly zeros are
-stored in a sparse format (only non-zeros, plus indices) and densified by a DENSIFY op.
+stored in a sparse format (only non-zeros, plus indices) and densified by a DENSIFY op. With
+`sparse_layout="smallest"` (the default) each such tensor is then stored in the traversal order
+whose index arrays compress best (`exporters.tflite_sparse`; a Dense kernel indexed along its
+outputs needs uint8 instead of uint16 indices), checked by running the converter's file and the
+rewritten one on the same inputs: their outputs must be bit-identical, or the converter's file
+is kept with a warning. `sparse_layout="converter"` keeps the converter's layout.
 
 `strip_names=True` removes the strings the runtime does not need (tensor and subgraph names,
 the description and the signature defs; TFLite's own `flatbuffer_utils.strip_strings`): ~2 KB
@@ -21,6 +26,7 @@ PosixPath('out/pruned.tflite')
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,7 @@ from pipeline.errors import ConfigError, StageError
 
 MODES = ("float32", "dynamic", "int8", "float16")
 IO_TYPES = ("int8", "float")
+SPARSE_LAYOUTS = ("smallest", "converter")
 
 # Calibration samples fed to the int8 converter at most (the converter's own default is 100+).
 MAX_CALIBRATION_SAMPLES = 500
@@ -38,7 +45,7 @@ MAX_CALIBRATION_SAMPLES = 500
 
 def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
                   representative=None, strip_names: bool = False, io: str = "int8",
-                  per_channel: bool = True) -> Path:
+                  per_channel: bool = True, sparse_layout: str = "smallest") -> Path:
     """Convert `model` with `tf.lite.TFLiteConverter.from_keras_model` and write it atomically.
 
     `io` (mode "int8" only): "int8" makes the model's inputs and outputs int8 too; "float" keeps
@@ -63,6 +70,9 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
     if not isinstance(per_channel, bool):
         raise ConfigError(f"TFLite export: per_channel must be True or False. "
                           f"Received: per_channel={per_channel!r}")
+    if sparse_layout not in SPARSE_LAYOUTS:
+        raise ConfigError(f"TFLite export: sparse_layout must be one of {', '.join(SPARSE_LAYOUTS)}. "
+                          f"Received: sparse_layout={sparse_layout!r}")
     rep = _check_representative(model, mode, representative)
     path = Path(path)
 
@@ -94,7 +104,63 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
             f"fix: strip training wrappers (tfmot strip_pruning/strip_clustering) or try mode='float32'"
         ) from exc
     flatbuffer = bytes(flatbuffer)
+    if sparse and sparse_layout == "smallest":
+        flatbuffer = smallest_checked(flatbuffer)
     return write_bytes_atomic(path, _stripped(flatbuffer) if strip_names else flatbuffer)
+
+
+def smallest_checked(flatbuffer: bytes, *, samples: int = 4) -> bytes:
+    """`smallest_sparse_layout(flatbuffer)`, kept only if LiteRT's builtin kernels give
+    bit-identical outputs for both files on `samples` seeded random inputs (otherwise the input
+    comes back, with a warning)."""
+    from exporters.tflite_sparse import smallest_sparse_layout
+
+    smaller, changes = smallest_sparse_layout(flatbuffer)
+    if not changes:
+        return flatbuffer
+    try:
+        same = _same_outputs(flatbuffer, smaller, samples)
+    except (RuntimeError, ValueError) as exc:
+        same, why = False, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "outputs differ"
+    if not same:
+        warnings.warn(f"TFLite export: kept the converter's sparse layout ({why.splitlines()[0][:200]} "
+                      f"after re-encoding tensors {[c['tensor'] for c in changes]})", RuntimeWarning,
+                      stacklevel=2)
+        return flatbuffer
+    return smaller
+
+
+def _same_outputs(a: bytes, b: bytes, samples: int) -> bool:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for content in (a, b):
+        interp = Interpreter(model_content=content, num_threads=1,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+        runs.append(interp)
+    feeds = []
+    for detail in runs[0].get_input_details():
+        dtype, shape = np.dtype(detail["dtype"]), tuple(int(d) for d in detail["shape"])
+        if dtype.kind == "f":
+            feeds.append([rng.standard_normal(shape).astype(dtype) for _ in range(samples)])
+        else:
+            info = np.iinfo(dtype)
+            feeds.append([rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+                          for _ in range(samples)])
+    for k in range(samples):
+        outs = []
+        for interp in runs:
+            for detail, feed in zip(interp.get_input_details(), feeds):
+                interp.set_tensor(detail["index"], feed[k])
+            interp.invoke()
+            outs.append([interp.get_tensor(d["index"]).tobytes() for d in interp.get_output_details()])
+        if outs[0] != outs[1]:
+            return False
+    return True
 
 
 def strip_names(path) -> Path:

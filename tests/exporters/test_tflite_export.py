@@ -133,4 +133,6 @@ def test_bad_arguments(tiny_model, tiny_data, tmp_path):
         export_tflite(tiny_model, tmp_path / "a.tflite", io="uint8")
     with pytest.raises(ConfigError, match="per_channel must be True or False"):
         export_tflite(tiny_model, tmp_path / "a.tflite", per_channel="no")
+    with pytest.raises(ConfigError, match="sparse_layout must be one of smallest, converter"):
+        export_tflite(tiny_model, tmp_path / "a.tflite", sparse=True, sparse_layout="csc")
     assert not (tmp_path / "a.tflite").exists()
