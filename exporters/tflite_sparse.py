@@ -190,3 +190,14 @@ def _same_arrays(a, b) -> bool:
                 if tx != ty or not np.array_equal(np.asarray(vx.values), np.asarray(vy.values)):
                     return False
     return len(a.dimMetadata) == len(b.dimMetadata)
+
+
+def sparse_orders(path) -> list[dict]:
+    """Shape and traversal order of each one-level CSR tensor in a .tflite file (what the
+    report records of a sparse file's layout)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    return [{"shape": [int(s) for s in tensor.shape], "order": order}
+            for graph in model.subgraphs or [] for tensor in graph.tensors or []
+            if (order := csr_layout(tensor.sparsity)) is not None]

@@ -11,7 +11,8 @@ from pipeline.stage import check_count, check_fraction, require
 from benchmarks.sparsity import weight_sparsity
 from exporters.onnx import export_onnx
 from exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
-from exporters.tflite import export_tflite
+from exporters.tflite import SPARSE_LAYOUTS, export_tflite
+from exporters.tflite_sparse import sparse_orders
 from exporters.validate import check_parity, raise_on_mismatch
 
 FORMATS = ("tflite", "onnx")
@@ -25,7 +26,9 @@ class Export:
     Every exported float model must reproduce the Keras logits within `atol + rtol * |logit|` on
     `parity_samples` test inputs; all mismatches are collected and raised as one error.
     A model whose measured weight sparsity is at least `sparse_threshold` also gets a
-    TFLite file with sparse weight storage (`Optimize.EXPERIMENTAL_SPARSITY`).
+    TFLite file with sparse weight storage (`Optimize.EXPERIMENTAL_SPARSITY`), each sparse kernel
+    in the traversal order whose index arrays gzip smallest (`sparse_layout="smallest"`; the
+    outputs are checked bit-identical) or as the converter wrote it (`"converter"`).
 
     `onnx_int8` adds int8 ONNX files made from each float ONNX file with onnxruntime's
     quantization tools: "dynamic" (int8 weights, activations quantized at run time) and "static"
@@ -45,6 +48,7 @@ class Export:
     formats: tuple[str, ...] = FORMATS
     targets: str = "all"
     sparse_threshold: float = 0.3
+    sparse_layout: str = "smallest"
     opset: int = 17
     atol: float = 1e-4
     rtol: float = 1e-4
@@ -68,6 +72,9 @@ class Export:
         require(self.targets in ("all", "current"), self.name,
                 f"targets must be 'all' or 'current'. Received: targets={self.targets!r}")
         check_fraction(self.name, "sparse_threshold", self.sparse_threshold, upper_open=False)
+        require(self.sparse_layout in SPARSE_LAYOUTS, self.name,
+                f"sparse_layout must be one of {', '.join(map(repr, SPARSE_LAYOUTS))}. "
+                f"Received: sparse_layout={self.sparse_layout!r}")
         check_count(self.name, "opset", self.opset, minimum=13)
         check_count(self.name, "parity_samples", self.parity_samples, minimum=1)
         require(isinstance(self.atol, (int, float)) and self.atol > 0, self.name,
@@ -87,13 +94,16 @@ class Export:
                 name = f"{target.name}{suffix}.{fmt}"
                 path = ctx.stage_path(name)
                 if fmt == "tflite":
-                    export_tflite(model, path, mode="float32", sparse=sparse)
+                    export_tflite(model, path, mode="float32", sparse=sparse,
+                                  sparse_layout=self.sparse_layout)
                 else:
                     export_onnx(model, path, opset=self.opset)
                 check = check_parity(reference, path, fmt, x, atol=self.atol, rtol=self.rtol)
                 checks[name] = check
+                layout = {"sparse_layout": self.sparse_layout, "sparse_orders": sparse_orders(path)} \
+                    if sparse else {}
                 outputs.append(ctx.add_file(self, path, name, fmt=fmt, parent=target, meta={
-                    "mode": "float32", "sparse_storage": sparse, "validation": check}))
+                    "mode": "float32", "sparse_storage": sparse, **layout, "validation": check}))
                 if fmt == "onnx":
                     outputs += self._onnx_int8(path, target, reference, x, ctx, checks)
         raise_on_mismatch(checks)

@@ -15,7 +15,8 @@ from pipeline.stage import check_count, check_fraction, require
 from stages._fit import check_distill, check_lr_decay, fit
 
 from benchmarks.sparsity import weight_sparsity
-from exporters.tflite import export_tflite
+from exporters.tflite import SPARSE_LAYOUTS, export_tflite
+from exporters.tflite_sparse import sparse_orders
 from exporters.tflite import strip_names as strip_tflite_names
 from exporters.validate import check_parity
 
@@ -52,7 +53,10 @@ class Quantize:
 
     `sparse=True` also stores mostly-zero weights in TFLite's sparse format
     (Optimize.EXPERIMENTAL_SPARSITY). With "dynamic" such files failed to prepare under XNNPACK
-    here; LiteRT then runs builtin kernels (recorded as the validation's "delegate").
+    here; LiteRT then runs builtin kernels (recorded as the validation's "delegate"). Each sparse
+    kernel is stored in the traversal order whose index arrays gzip smallest
+    (`sparse_layout="smallest"`, outputs checked bit-identical) or as the converter wrote it
+    (`"converter"`); the file's orders are recorded as `sparse_orders`.
     `strip_names=True` drops the tensor names and signature defs from the file (see
     `exporters.tflite.strip_names`): ~2 KB smaller, same outputs; the report then names its
     tensors tensor<index>.
@@ -75,6 +79,7 @@ class Quantize:
     representative_samples: int = 500
     io: str = "float"
     sparse: bool = False
+    sparse_layout: str = "smallest"
     strip_names: bool = False
     per_channel: bool = True
     min_agreement: float = 0.97
@@ -100,6 +105,9 @@ class Quantize:
                 f"learning_rate must be a number > 0 (e.g. 1e-4). Received: learning_rate={self.learning_rate!r}")
         check_count(n, "representative_samples", self.representative_samples, minimum=1)
         require(isinstance(self.sparse, bool), n, f"sparse must be true or false. Received: sparse={self.sparse!r}")
+        require(self.sparse_layout in SPARSE_LAYOUTS, n,
+                f"sparse_layout must be one of {', '.join(map(repr, SPARSE_LAYOUTS))}. "
+                f"Received: sparse_layout={self.sparse_layout!r}")
         require(isinstance(self.strip_names, bool), n,
                 f"strip_names must be true or false. Received: strip_names={self.strip_names!r}")
         require(isinstance(self.per_channel, bool), n,
@@ -129,7 +137,7 @@ class Quantize:
         qat, qat_meta = self._train_qat(source, ctx)
         # Optimize.DEFAULT on a QAT model uses its learned ranges: full int8 with float I/O.
         export_tflite(qat, path, mode="dynamic", sparse=self.sparse, strip_names=self.strip_names,
-                      per_channel=self.per_channel)
+                      per_channel=self.per_channel, sparse_layout=self.sparse_layout)
         # The file is checked against the model it was converted from. Fine-tuning itself
         # moves the predictions (on the tiny test set cqat lifted accuracy 0.92 -> 0.99, so only
         # 0.93 agreed with the input while the file matched its QAT model on 100%): agreement
@@ -145,11 +153,12 @@ class Quantize:
     # -- post-training -----------------------------------------------------------------------
     def _convert(self, model, path: Path, ctx) -> None:
         if self.mode != "int8":
-            export_tflite(model, path, mode=self.mode, sparse=self.sparse, per_channel=self.per_channel)
+            export_tflite(model, path, mode=self.mode, sparse=self.sparse, per_channel=self.per_channel,
+                          sparse_layout=self.sparse_layout)
             return
         rep = ctx.data.x_train[: self.representative_samples]
         export_tflite(model, path, mode="int8", sparse=self.sparse, representative=rep, io=self.io,
-                      per_channel=self.per_channel)
+                      per_channel=self.per_channel, sparse_layout=self.sparse_layout)
 
     # -- quantization-aware training ---------------------------------------------------------
     def _train_qat(self, source, ctx):
@@ -222,6 +231,8 @@ class Quantize:
         meta = {"mode": self.mode, "io": self.io, "sparse_storage": self.sparse,
                 "per_channel": self.per_channel,
                 **({"names_stripped": True} if self.strip_names else {}),
+                **({"sparse_layout": self.sparse_layout, "sparse_orders": sparse_orders(path)}
+                   if self.sparse else {}),
                 "weight_dtypes": sorted({t["dtype"] for t in tensors}), "weight_tensors": tensors,
                 "validation": check}
         if self.mode == "int8":

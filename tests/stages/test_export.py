@@ -1,5 +1,7 @@
 """The export stage: float files match Keras to atol, sparse models also get sparse TFLite
 storage, and onnx_int8 adds int8 ONNX files that really hold int8 weights and agree with Keras."""
+import gzip
+
 import numpy as np
 import onnx
 import pytest
@@ -80,6 +82,18 @@ def test_sparse_model_also_gets_sparse_tflite_storage(trained, tmp_path, tiny_da
     assert set(arts) == {"sparse.tflite", "sparse.sparse.tflite"}
     assert arts["sparse.sparse.tflite"].meta["sparse_storage"]
     assert arts["sparse.sparse.tflite"].path.stat().st_size < arts["sparse.tflite"].path.stat().st_size
+    assert "sparse_layout" not in arts["sparse.tflite"].meta
+
+    # the converter's own layout: the same tensor in its own order, a file no smaller
+    kept = _run(Export(formats=("tflite",), targets="current", sparse_threshold=0.5,
+                       sparse_layout="converter"), sparse, tmp_path / "converter", tiny_data)
+    ours, theirs = arts["sparse.sparse.tflite"], kept["sparse.sparse.tflite"]
+    assert (ours.meta["sparse_layout"], theirs.meta["sparse_layout"]) == ("smallest", "converter")
+    assert theirs.meta["sparse_orders"] == [{"shape": [32, 200], "order": [0, 1]}]
+    assert [o["shape"] for o in ours.meta["sparse_orders"]] == [[32, 200]]
+    a, b = ours.path.read_bytes(), theirs.path.read_bytes()
+    assert len(a) <= len(b) and len(gzip.compress(a, 9)) <= len(gzip.compress(b, 9))
+    assert (a == b) == (ours.meta["sparse_orders"] == theirs.meta["sparse_orders"])
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -88,6 +102,7 @@ def test_sparse_model_also_gets_sparse_tflite_storage(trained, tmp_path, tiny_da
     ({"calibration_samples": 0}, "calibration_samples must be an integer >= 1"),
     ({"min_agreement": 1.5}, "min_agreement must be in"),
     ({"formats": ("tflite", "coreml")}, "formats must be a non-empty subset"),
+    ({"sparse_layout": "csc"}, "sparse_layout must be one of 'smallest', 'converter'"),
 ])
 def test_bad_parameters_are_refused_when_built(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -146,6 +146,24 @@ def test_pqat_keeps_the_sparsity_of_a_pruned_input(ctx, trained_path, tmp_path):
     assert tfl.meta["validation"]["passed"]
 
 
+def test_sparse_int8_records_its_layout_and_is_no_larger_than_the_converters(ctx, trained_path, tmp_path):
+    pruned = clone_with_weights(load_keras(trained_path))
+    kernel, bias = pruned.get_layer("dense").get_weights()  # BIG: [200, 32] in Keras
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.9)] = 0.0
+    pruned.get_layer("dense").set_weights([kernel, bias])
+    art = artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
+
+    ours = run(Quantize(mode="int8", sparse=True), art, ctx, "smallest")[0]
+    theirs = run(Quantize(mode="int8", sparse=True, sparse_layout="converter"), art, ctx, "converter")[0]
+    assert ours.name == theirs.name == "pruned.int8.sparse.tflite"
+    assert ours.meta["sparse_storage"] and ours.meta["validation"]["passed"]
+    assert (ours.meta["sparse_layout"], theirs.meta["sparse_layout"]) == ("smallest", "converter")
+    assert theirs.meta["sparse_orders"] == [{"shape": list(BIG), "order": [0, 1]}]
+    assert [o["shape"] for o in ours.meta["sparse_orders"]] == [list(BIG)]
+    assert ours.path.stat().st_size <= theirs.path.stat().st_size
+    assert ours.meta["validation"]["top1_agreement"] == theirs.meta["validation"]["top1_agreement"]
+
+
 def test_cqat_keeps_the_clusters(ctx, trained):
     ctx.stage_dir = ctx.out_dir / "cluster"
     [clustered] = Cluster(clusters=8, preserve_sparsity=False, epochs=0).run(trained, ctx)
@@ -207,6 +225,7 @@ def test_disagreement_raises_one_error_naming_the_file(ctx, tiny_model, tmp_path
     ({"learning_rate": -1e-4}, "learning_rate"),
     ({"representative_samples": 0}, "representative_samples"),
     ({"sparse": 1}, "sparse"),
+    ({"sparse": True, "sparse_layout": "csc"}, "sparse_layout must be one of 'smallest', 'converter'"),
     ({"per_channel": "no"}, "per_channel"),
     ({"min_agreement": 1.5}, "min_agreement"),
     ({"parity_samples": 0}, "parity_samples"),
