@@ -15,9 +15,11 @@ what it did (`export_tflite` checks this by running both files on the same input
 op reads sparse itself (block-sparse FULLY_CONNECTED) and layouts with block maps or several
 sparse levels are left as the converter wrote them.
 
->>> data, changes = smallest_sparse_layout(Path("out/clustered.int8.sparse.tflite").read_bytes())
->>> [(c["tensor"], c["from"], c["to"], c["gzip_saved"]) for c in changes]
-[(18, [0, 1], [1, 0], 672), (7, [0, 1, 2, 3], [3, 1, 2, 0], 288)]
+>>> data, changes = smallest_sparse_layout(Path("out/clustered.int8.per-tensor.sparse.tflite").read_bytes())
+>>> [(c["shape"], c["from"], c["to"], c["bytes_saved"], c["gzip_saved"]) for c in changes]
+[([64, 3, 3, 32], [0, 1, 2, 3], [3, 1, 2, 0], 576, 339),
+ ([64, 3, 3, 64], [0, 1, 2, 3], [0, 2, 1, 3], 0, 3),
+ ([128, 576], [0, 1], [1, 0], 2053, 666)]
 """
 from __future__ import annotations
 
