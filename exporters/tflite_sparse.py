@@ -57,6 +57,11 @@ def csr_layout(sparsity) -> list[int] | None:
         return None
     if sparsity.blockMap is not None and len(sparsity.blockMap):
         return None
+    if sparsity.traversalOrder is None or len(sparsity.traversalOrder) != len(sparsity.dimMetadata):
+        return None
+    last = sparsity.dimMetadata[-1]
+    if last.arraySegments is None or last.arrayIndices is None:
+        return None
     formats = [d.format for d in sparsity.dimMetadata]
     order = [int(t) for t in sparsity.traversalOrder]
     if formats[-1] != SPARSE_CSR or any(f != DENSE for f in formats[:-1]):

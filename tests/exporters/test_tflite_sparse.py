@@ -50,6 +50,9 @@ def test_layouts_other_than_one_level_csr_are_not_ours():
     sp.dimMetadata[0].format = 1
     assert csr_layout(sp) is None  # two CSR levels
     assert csr_layout(None) is None
+    sp.dimMetadata[0].format = 0
+    sp.dimMetadata[-1].arrayIndices = None
+    assert csr_layout(sp) is None  # no index array
     with pytest.raises(ValueError, match="one-level CSR"):
         decode_csr(sp, values, (4, 8))
 
