@@ -24,8 +24,8 @@ def test_default_recipe_shape():
     assert names.index("export") < names.index("benchmark")
     assert r[1].stage.final_sparsity >= 0.8 and r[3].stage.preserve_sparsity
     quantize = [s.stage for s in r if s.stage.name == "quantize"]
-    assert {"int8", "dynamic"} <= {q.mode for q in quantize}
-    assert any(q.mode == "int8" and q.sparse and not q.per_channel for q in quantize)
+    assert {"pcqat", "int8", "dynamic"} <= {q.mode for q in quantize}
+    assert any(q.mode == "pcqat" and q.sparse and not q.per_channel for q in quantize)
     structured = next(s for s in r if s.stage.name == "structured_prune")
     assert structured.input == "train"
 
