@@ -163,13 +163,6 @@ def _same_outputs(a: bytes, b: bytes, samples: int) -> bool:
     return True
 
 
-def strip_names(path) -> Path:
-    """Rewrite a .tflite file in place (atomically) without the strings the runtime does not
-    need: tensor and subgraph names, the description and the signature defs."""
-    path = Path(path)
-    return write_bytes_atomic(path, _stripped(path.read_bytes()))
-
-
 def _stripped(flatbuffer: bytes) -> bytes:
     from tensorflow.lite.tools import flatbuffer_utils
 

@@ -17,7 +17,6 @@ from stages._fit import check_distill, check_lr_decay, fit
 from benchmarks.sparsity import weight_sparsity
 from exporters.tflite import SPARSE_LAYOUTS, export_tflite
 from exporters.tflite_sparse import sparse_orders
-from exporters.tflite import strip_names as strip_tflite_names
 from exporters.validate import check_parity
 
 PTQ_MODES = ("dynamic", "int8", "float16")
@@ -58,7 +57,7 @@ class Quantize:
     (`sparse_layout="smallest"`, outputs checked bit-identical) or as the converter wrote it
     (`"converter"`); the file's orders are recorded as `sparse_orders`.
     `strip_names=True` drops the tensor names and signature defs from the file (see
-    `exporters.tflite.strip_names`): ~2 KB smaller, same outputs; the report then names its
+    `export_tflite(strip_names=True)`): ~2 KB smaller, same outputs; the report then names its
     tensors tensor<index>.
     `per_channel=False` gives each conv kernel one int8 scale instead of one per output channel
     (int8/dynamic: the converter's flag; QAT modes: tfmot's per-tensor weight quantizer, keeping
@@ -129,8 +128,6 @@ class Quantize:
 
         if self.mode in PTQ_MODES:
             self._convert(source, path, ctx)
-            if self.strip_names:
-                strip_tflite_names(path)
             meta = self._measure(path, reference, x, ctx)
             return [ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta)]
 
@@ -154,11 +151,12 @@ class Quantize:
     def _convert(self, model, path: Path, ctx) -> None:
         if self.mode != "int8":
             export_tflite(model, path, mode=self.mode, sparse=self.sparse, per_channel=self.per_channel,
-                          sparse_layout=self.sparse_layout)
+                          sparse_layout=self.sparse_layout, strip_names=self.strip_names)
             return
         rep = ctx.data.x_train[: self.representative_samples]
         export_tflite(model, path, mode="int8", sparse=self.sparse, representative=rep, io=self.io,
-                      per_channel=self.per_channel, sparse_layout=self.sparse_layout)
+                      per_channel=self.per_channel, sparse_layout=self.sparse_layout,
+                      strip_names=self.strip_names)
 
     # -- quantization-aware training ---------------------------------------------------------
     def _train_qat(self, source, ctx):
