@@ -65,7 +65,8 @@ def check_distill(stage: str, distill, temperature) -> None:
 
 
 def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callbacks=(),
-        lr_decay: str = "constant", distill: float = 0.0, temperature: float = 4.0):
+        lr_decay: str = "constant", distill: float = 0.0, temperature: float = 4.0,
+        dropout: float | None = None):
     """Compile `model` in place and train it on the run's training set. Returns the History.
 
     `lr_decay="cosine"` anneals the learning rate to 0 over the run (settles the weights; on
@@ -75,6 +76,10 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     (1 - distill) * cross-entropy(labels) + distill * T^2 * KL(teacher_T || student_T), with both
     logit sets softened by `temperature` T. It is what lets a heavily compressed model recover
     the accuracy the teacher had.
+    `dropout` (when not None) sets the rate of every Dropout layer for this fit only; the rates
+    are put back afterwards, so the saved model's architecture is unchanged. A heavily pruned
+    student underfits (its training accuracy is no higher than its test accuracy), and the
+    baseline's dropout then only slows its recovery.
     """
     import tf_keras as keras
 
@@ -89,12 +94,46 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
         metric, data = "accuracy", ctx.data.train_dataset(batch_size, seed=ctx.seed)
+    rates = _set_dropout(model, dropout) if dropout is not None else []
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[metric])
     # One iterator for the whole run: Keras otherwise makes a new one per epoch, and destroying
     # the old one (mid-prefetch, shuffle buffer full) stalled for up to 9 s per epoch here (the
     # default recipe's 20-epoch train stage: 317 s before, 267 s after). Each pass reshuffles.
-    return model.fit(data.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch(ctx, batch_size),
-                     callbacks=list(callbacks), verbose=verbosity())
+    try:
+        return model.fit(data.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch(ctx, batch_size),
+                         callbacks=list(callbacks), verbose=verbosity())
+    finally:
+        for layer, rate in rates:
+            layer.rate = rate
+
+
+def check_dropout(stage: str, value) -> None:
+    from pipeline.stage import require
+
+    ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1)
+    require(ok, stage, f"dropout must be a rate in [0, 1) for this stage's fine-tuning, or unset to keep "
+            f"the model's own. Received: dropout={value!r}")
+
+
+def _set_dropout(model, rate: float) -> dict:
+    """Set every Dropout layer's rate (nested models and tfmot wrappers included); returns
+    [(layer, its old rate)]."""
+    import tf_keras as keras
+
+    old = []
+
+    def visit(layer):
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, keras.layers.Layer):
+            visit(inner)
+        for sub in getattr(layer, "layers", None) or ():
+            visit(sub)
+        if isinstance(layer, keras.layers.Dropout) and all(layer is not seen for seen, _ in old):
+            old.append((layer, layer.rate))
+            layer.rate = float(rate)
+
+    visit(model)
+    return old
 
 
 def _with_teacher(ctx, batch_size: int):
@@ -102,6 +141,7 @@ def _with_teacher(ctx, batch_size: int):
     import numpy as np
     import tensorflow as tf
 
+    from pipeline.data import batched
     from pipeline.errors import ConfigError
 
     if not ctx.baseline:
@@ -110,8 +150,8 @@ def _with_teacher(ctx, batch_size: int):
     logits = ctx.memo(("teacher_logits", ctx.find(ctx.baseline).id), lambda: _teacher_logits(ctx))
     labels = np.asarray(ctx.data.y_train, dtype=np.float32).reshape(-1, 1)
     ds = tf.data.Dataset.from_tensor_slices((ctx.data.x_train, np.concatenate([labels, logits], 1)))
-    ds = ds.cache().shuffle(min(len(labels), 10_000), seed=ctx.seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.shuffle(min(len(labels), 10_000), seed=ctx.seed, reshuffle_each_iteration=True)
+    return batched(ds, batch_size)
 
 
 def _teacher_logits(ctx):

@@ -10,7 +10,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights, tfmot_scope
 from pipeline.stage import check_count, require
-from stages._fit import check_distill, check_lr_decay, fit
+from stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
 INITS = ("kmeans_plus_plus", "linear", "density_based", "random")
 
@@ -44,6 +44,7 @@ class Cluster:
     lr_decay: str = "constant"
     distill: float = 0.0
     temperature: float = 4.0
+    dropout: float | None = None
 
     def __post_init__(self):
         n = self.name
@@ -59,6 +60,7 @@ class Cluster:
         check_count(n, "batch_size", self.batch_size, minimum=1)
         check_lr_decay(n, self.lr_decay)
         check_distill(n, self.distill, self.temperature)
+        check_dropout(n, self.dropout)
         require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
                 and self.learning_rate > 0, n,
                 f"learning_rate must be a number > 0 (e.g. 1e-5). Received: learning_rate={self.learning_rate!r}")
@@ -91,7 +93,7 @@ class Cluster:
         if self.epochs:
             fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
                 learning_rate=self.learning_rate, lr_decay=self.lr_decay, distill=self.distill,
-                temperature=self.temperature)
+                temperature=self.temperature, dropout=self.dropout)
         model = clustering.strip_clustering(model)
 
         layers = [entry for entry in clustered_weights(model) if entry["name"] in targets]

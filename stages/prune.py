@@ -10,7 +10,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights, tfmot_scope
 from pipeline.stage import check_count, check_fraction, require
-from stages._fit import check_distill, check_learning_rate, check_lr_decay, fit, steps_per_epoch
+from stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
 POLICIES = ("xnnpack",)  # tfmot's PruneForLatencyOnXNNPack
@@ -64,6 +64,7 @@ class Prune:
     layer_block_size: tuple[tuple[str, tuple[int, int]], ...] = ()
     ramp: float = 0.75
     pruning_policy: str | None = None
+    dropout: float | None = None
 
     def __post_init__(self):
         n = self.name
@@ -111,6 +112,7 @@ class Prune:
         check_learning_rate(n, self.learning_rate)
         check_lr_decay(n, self.lr_decay)
         check_distill(n, self.distill, self.temperature)
+        check_dropout(n, self.dropout)
         require(_int_pair(self.block_size) and min(self.block_size) >= 1, n,
                 f"block_size must be two integers >= 1, e.g. (1, 4). Received: block_size={self.block_size!r}")
         mn = self.sparsity_m_by_n
@@ -158,7 +160,7 @@ class Prune:
             model = keras.models.clone_model(clone_with_weights(source), clone_function=wrap)
         fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
             learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()], lr_decay=self.lr_decay,
-            distill=self.distill, temperature=self.temperature)
+            distill=self.distill, temperature=self.temperature, dropout=self.dropout)
 
         achieved, per_layer = _pruned_sparsity(collect_prunable_layers(model))
         if self.sparsity_m_by_n:

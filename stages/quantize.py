@@ -12,7 +12,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError, ExportValidationError
 from pipeline.kerasio import clone_with_weights
 from pipeline.stage import check_count, check_fraction, require
-from stages._fit import check_distill, check_lr_decay, fit
+from stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
 from benchmarks.sparsity import weight_sparsity
 from exporters.tflite import SPARSE_LAYOUTS, export_tflite
@@ -86,6 +86,7 @@ class Quantize:
     lr_decay: str = "constant"
     distill: float = 0.0
     temperature: float = 4.0
+    dropout: float | None = None
 
     def __post_init__(self):
         n = self.name
@@ -99,6 +100,7 @@ class Quantize:
         check_count(n, "batch_size", self.batch_size, minimum=1)
         check_lr_decay(n, self.lr_decay)
         check_distill(n, self.distill, self.temperature)
+        check_dropout(n, self.dropout)
         require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
                 and self.learning_rate > 0, n,
                 f"learning_rate must be a number > 0 (e.g. 1e-4). Received: learning_rate={self.learning_rate!r}")
@@ -172,7 +174,7 @@ class Quantize:
                 raise
             raise ConfigError(_unsupported_message(source, found.group(1), found.group(2), self.mode)) from exc
         fit(qat, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-            lr_decay=self.lr_decay, distill=self.distill, temperature=self.temperature)
+            lr_decay=self.lr_decay, distill=self.distill, temperature=self.temperature, dropout=self.dropout)
         if self.mode in ("cqat", "pcqat"):
             # Drops the centroid/index variables (which also make the h5 unloadable) and keeps
             # the clustered kernels and the fake-quant ranges the converter needs.

@@ -16,7 +16,7 @@ from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights
 from pipeline.stage import check_count, check_fraction, require
-from stages._fit import check_distill, check_learning_rate, check_lr_decay, fit
+from stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit
 from stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
                              prune_channels, select_channels)
 
@@ -61,6 +61,7 @@ class StructuredPrune:
     lr_decay: str = "constant"
     distill: float = 0.0
     temperature: float = 4.0
+    dropout: float | None = None
 
     def __post_init__(self):
         n = self.name
@@ -80,6 +81,7 @@ class StructuredPrune:
         check_learning_rate(n, self.learning_rate)
         check_lr_decay(n, self.lr_decay)
         check_distill(n, self.distill, self.temperature)
+        check_dropout(n, self.dropout)
         check_count(n, "min_channels", self.min_channels, minimum=1)
         check_count(n, "round_to", self.round_to, minimum=1)
         require(isinstance(self.cost_exponent, (int, float)) and not isinstance(self.cost_exponent, bool)
@@ -111,12 +113,12 @@ class StructuredPrune:
                          f"(round_to={self.round_to}); lower them or prune more layers")
             if self.epochs:
                 fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                    distill=self.distill, temperature=self.temperature)
+                    distill=self.distill, temperature=self.temperature, dropout=self.dropout)
             rounds.append({"round": r, **record, "accuracy": _accuracy(model, ctx)})
         if self.final_epochs:
             fit(model, ctx, epochs=self.final_epochs, batch_size=self.batch_size,
                 learning_rate=self.learning_rate, lr_decay=self.lr_decay, distill=self.distill,
-                temperature=self.temperature)
+                temperature=self.temperature, dropout=self.dropout)
         after = keras_complexity(model)
         channels = {p: [n, _width(model.get_layer(p))] for p, n in start_channels.items()}
         achieved = (1 - latency[-1] / latency[0]) if latency else 1 - after[self.target] / before[self.target]

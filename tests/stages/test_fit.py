@@ -1,5 +1,7 @@
 """Shared fine-tuning: the distillation loss is what it says, needs a baseline teacher, and a
 distilled prune still reaches its sparsity and learns."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,50 @@ def test_every_epoch_is_exactly_one_pass_over_the_training_set(tmp_path):
                                                 trainable=False)(out))
     history = fit(model, ctx, epochs=5, batch_size=4, learning_rate=1e-3).history
     assert history["accuracy"] == pytest.approx([0.3] * 5)
+
+
+def _with_dropout(rate: float):
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.layers.Input((8,)),
+        keras.layers.Dense(16, activation="relu", name="dense"),
+        keras.layers.Dropout(rate, name="dropout"),
+        keras.layers.Dense(4, name="logits"),
+    ])
+
+
+def _training_mode_is_deterministic(model, x) -> bool:
+    return bool(np.array_equal(model(x, training=True).numpy(), model(x, training=True).numpy()))
+
+
+@pytest.mark.parametrize("dropout, deterministic_in_fit", [(None, False), (0.0, True)])
+def test_dropout_override_holds_only_while_fitting(ctx, monkeypatch, dropout, deterministic_in_fit):
+    import tf_keras as keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    monkeypatch.setattr(ctx, "data", dataclasses.replace(
+        ctx.data, x_train=x, y_train=rng.integers(0, 4, 64), x_test=x[:8], y_test=rng.integers(0, 4, 8),
+        labels=tuple("abcd")))
+    model, seen = _with_dropout(0.5), []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((model.get_layer("dropout").rate, _training_mode_is_deterministic(model, x)))
+
+    fit(model, ctx, epochs=1, batch_size=16, learning_rate=1e-3, callbacks=[Probe()], dropout=dropout)
+    assert seen == [(0.0 if dropout == 0.0 else 0.5, deterministic_in_fit)]
+    # Put back: the saved model keeps its own dropout.
+    assert model.get_layer("dropout").rate == 0.5
+    assert not _training_mode_is_deterministic(model, x)
+
+
+@pytest.mark.parametrize("stage", ["prune", "cluster", "quantize", "structured_prune"])
+@pytest.mark.parametrize("value", [1.0, -0.1, "0", True])
+def test_bad_dropout_is_a_config_error(stage, value):
+    from stages import STAGES
+
+    with pytest.raises(ConfigError, match=r"dropout must be a rate in \[0, 1\)"):
+        STAGES[stage](dropout=value)
