@@ -115,7 +115,7 @@ def check_dropout(stage: str, value) -> None:
             f"the model's own. Received: dropout={value!r}")
 
 
-def _set_dropout(model, rate: float) -> dict:
+def _set_dropout(model, rate: float) -> list:
     """Set every Dropout layer's rate (nested models and tfmot wrappers included); returns
     [(layer, its old rate)]."""
     import tf_keras as keras

@@ -30,7 +30,8 @@ class Prune:
     default (every 100 steps) prunes nothing on small data. `sparsity_m_by_n=(2, 4)` zeroes 2 of
     every 4 consecutive input-channel weights, and then the schedule's sparsities are unused.
     `distill=0.5` fine-tunes against the run's dense baseline as a teacher too (see
-    `stages._fit.fit`). `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
+    `stages._fit.fit`); `dropout=0.0` fine-tunes with the model's Dropout layers off (a heavily
+    pruned student underfits; the saved model keeps its rates). `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
     layer of a CNN usually takes far more pruning than its convs).
     `layer_block_size={"fc1": (16, 1)}` gives listed Dense layers their own block shape: (16, 1)
     zeroes runs of 16 consecutive inputs of one output, the 1x16 blocks TFLite's converter stores
