@@ -57,6 +57,11 @@ def check_fraction(stage: str, field: str, value: float, *, upper_open: bool = T
     require(ok, stage, f"{field} must be in {bound}. Received: {field}={value!r}")
 
 
+def check_choice(stage: str, field: str, value, choices) -> None:
+    require(value in choices, stage, f"{field} must be one of {', '.join(map(repr, choices))}. "
+            f"Received: {field}={value!r}")
+
+
 def check_count(stage: str, field: str, value: int, *, minimum: int = 0) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     require(ok, stage, f"{field} must be an integer >= {minimum}. Received: {field}={value!r}")

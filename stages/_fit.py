@@ -48,10 +48,9 @@ LR_DECAYS = ("constant", "cosine")
 
 
 def check_lr_decay(stage: str, value) -> None:
-    from pipeline.stage import require
+    from pipeline.stage import check_choice
 
-    require(value in LR_DECAYS, stage, f"lr_decay must be one of {', '.join(map(repr, LR_DECAYS))}. "
-            f"Received: lr_decay={value!r}")
+    check_choice(stage, "lr_decay", value, LR_DECAYS)
 
 
 def check_distill(stage: str, distill, temperature) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights, tfmot_scope
-from pipeline.stage import check_count, require
+from pipeline.stage import check_choice, check_count, require
 from stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
 INITS = ("kmeans_plus_plus", "linear", "density_based", "random")
@@ -54,8 +54,7 @@ class Cluster:
                 f"preserve_sparsity must be true or false. Received: preserve_sparsity={self.preserve_sparsity!r}")
         # tfmot needs one centroid besides the zero one when it preserves sparsity.
         check_count(n, "clusters", self.clusters, minimum=3 if self.preserve_sparsity is True else 2)
-        require(self.init in INITS, n, f"init must be one of {', '.join(map(repr, INITS))}. "
-                f"Received: init={self.init!r}")
+        check_choice(n, "init", self.init, INITS)
         check_count(n, "epochs", self.epochs, minimum=0)
         check_count(n, "batch_size", self.batch_size, minimum=1)
         check_lr_decay(n, self.lr_decay)

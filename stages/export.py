@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pipeline.artifacts import Artifact
 from pipeline.context import RunContext
-from pipeline.stage import check_count, check_fraction, require
+from pipeline.stage import check_choice, check_count, check_fraction, require
 
 from benchmarks.sparsity import weight_sparsity
 from exporters.onnx import export_onnx
@@ -72,9 +72,7 @@ class Export:
         require(self.targets in ("all", "current"), self.name,
                 f"targets must be 'all' or 'current'. Received: targets={self.targets!r}")
         check_fraction(self.name, "sparse_threshold", self.sparse_threshold, upper_open=False)
-        require(self.sparse_layout in SPARSE_LAYOUTS, self.name,
-                f"sparse_layout must be one of {', '.join(map(repr, SPARSE_LAYOUTS))}. "
-                f"Received: sparse_layout={self.sparse_layout!r}")
+        check_choice(self.name, "sparse_layout", self.sparse_layout, SPARSE_LAYOUTS)
         check_count(self.name, "opset", self.opset, minimum=13)
         check_count(self.name, "parity_samples", self.parity_samples, minimum=1)
         require(isinstance(self.atol, (int, float)) and self.atol > 0, self.name,

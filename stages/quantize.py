@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError, ExportValidationError
 from pipeline.kerasio import clone_with_weights
-from pipeline.stage import check_count, check_fraction, require
+from pipeline.stage import check_choice, check_count, check_fraction, require
 from stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
 from benchmarks.sparsity import weight_sparsity
@@ -90,8 +90,7 @@ class Quantize:
 
     def __post_init__(self):
         n = self.name
-        require(self.mode in MODES, n, f"mode must be one of {', '.join(map(repr, MODES))}. "
-                f"Received: mode={self.mode!r}")
+        check_choice(n, "mode", self.mode, MODES)
         require(self.io in IO_TYPES, n, f"io must be 'float' or 'int8'. Received: io={self.io!r}")
         require(self.io == "float" or self.mode == "int8", n,
                 f"io='int8' (integer model inputs/outputs) needs mode='int8'. Received: mode={self.mode!r}, "
@@ -106,9 +105,7 @@ class Quantize:
                 f"learning_rate must be a number > 0 (e.g. 1e-4). Received: learning_rate={self.learning_rate!r}")
         check_count(n, "representative_samples", self.representative_samples, minimum=1)
         require(isinstance(self.sparse, bool), n, f"sparse must be true or false. Received: sparse={self.sparse!r}")
-        require(self.sparse_layout in SPARSE_LAYOUTS, n,
-                f"sparse_layout must be one of {', '.join(map(repr, SPARSE_LAYOUTS))}. "
-                f"Received: sparse_layout={self.sparse_layout!r}")
+        check_choice(n, "sparse_layout", self.sparse_layout, SPARSE_LAYOUTS)
         require(isinstance(self.strip_names, bool), n,
                 f"strip_names must be true or false. Received: strip_names={self.strip_names!r}")
         require(isinstance(self.per_channel, bool), n,

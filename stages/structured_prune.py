@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.artifacts import Artifact
 from pipeline.errors import ConfigError
 from pipeline.kerasio import clone_with_weights
-from pipeline.stage import check_count, check_fraction, require
+from pipeline.stage import check_choice, check_count, check_fraction, require
 from stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit
 from stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
                              prune_channels, select_channels)
@@ -67,10 +67,8 @@ class StructuredPrune:
         n = self.name
         if isinstance(self.layers, list):  # recipes arrive as TOML/JSON lists
             object.__setattr__(self, "layers", tuple(self.layers))
-        require(self.criterion in CRITERIA, n, f"criterion must be one of {', '.join(map(repr, CRITERIA))}. "
-                f"Received: criterion={self.criterion!r}")
-        require(self.target in TARGETS, n, f"target must be one of {', '.join(map(repr, TARGETS))}. "
-                f"Received: target={self.target!r}")
+        check_choice(n, "criterion", self.criterion, CRITERIA)
+        check_choice(n, "target", self.target, TARGETS)
         check_fraction(n, "reduction", self.reduction)
         require(self.reduction > 0, n, f"reduction must be in (0, 1), e.g. 0.5 to halve the target "
                 f"metric. Received: reduction={self.reduction!r}")

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pipeline.artifacts import Artifact
 from pipeline.kerasio import clone_with_weights
-from pipeline.stage import check_count, require
+from pipeline.stage import check_choice, check_count
 from stages._fit import check_learning_rate, check_lr_decay, fit
 
 IF_TRAINED = ("skip", "continue")
@@ -39,9 +39,7 @@ class Train:
         check_count(self.name, "batch_size", self.batch_size, minimum=1)
         check_learning_rate(self.name, self.learning_rate)
         check_lr_decay(self.name, self.lr_decay)
-        require(self.if_trained in IF_TRAINED, self.name,
-                f"if_trained must be one of {', '.join(map(repr, IF_TRAINED))}. "
-                f"Received: if_trained={self.if_trained!r}")
+        check_choice(self.name, "if_trained", self.if_trained, IF_TRAINED)
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         if art.meta.get("trained") and self.if_trained == "skip":
