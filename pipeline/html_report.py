@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.plots import pareto_table, smallest_sentence
-from pipeline.report import (_fmt_bytes, _ratio, _x, cache_status, sparse_kernels,
+from pipeline.report import (SPREAD_NOTE, _fmt_bytes, _ratio, _x, cache_status, sparse_kernels,
                              sparsity_and_speed, speed_summary, table_rows)
 
 ALT = {
@@ -175,7 +175,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
         f'<code>{_e(report.get("baseline"))}</code>, slimpipe '
         f'{_e(report.get("slimpipe_version"))}. Ratios (x smaller, x faster) are against the '
         "dense baseline in the same format; accuracy is measured on the test set by each "
-        "artifact's own runtime; latency is p50 at 1 thread, batch 1.</p>",
+        f"artifact's own runtime; latency is p50 at 1 thread, batch 1. {_e(SPREAD_NOTE)}</p>",
         f'<p class="summary" id="summary">{_e(smallest_sentence(report))}</p>',
         "<h2>Artifacts</h2>",
         _table("artifacts", "Every artifact of the run",

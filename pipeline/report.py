@@ -14,6 +14,9 @@ from pipeline import __version__
 from pipeline.context import RunContext
 
 SPARSE = 0.3  # an artifact with at least this fraction of zero weights counts as sparse
+SPREAD_NOTE = ("In brackets after x faster: the lowest and highest ratio of single interleaved "
+               "passes (each pass times every file in turn), a measure of how much the machine's "
+               "speed moved it.")
 SAME_SPEED = 0.10  # ratios within 10% of 1.0 count as "no speedup"
 
 
@@ -97,6 +100,22 @@ def speedup(row, ref, point: dict[str, Any]) -> float | None:
     if not mine or not theirs or not mine["p50_ms"]:
         return None
     return theirs["p50_ms"] / mine["p50_ms"]
+
+
+def speedup_range(row, ref, point: dict[str, Any]) -> tuple[float, float] | None:
+    """The lowest and highest of ref's p50 / row's p50 pass by pass. Interleaved passes put each
+    pair close in time, so a pair saw the same machine; the spread shows how much the ratio moved
+    with the machine's speed. None without per-pass figures for both, or for a row against itself."""
+    if row is ref:
+        return None
+    where = (point["runtime"], point["threads"], point["batch"], point["device"],
+             point.get("resolver", "default"))
+    mine, theirs = _latency(row, *where), _latency(ref, *where)
+    a, b = (theirs or {}).get("pass_p50_ms"), (mine or {}).get("pass_p50_ms")
+    if not a or not b or len(a) != len(b) or len(a) < 2 or not all(b):
+        return None
+    ratios = [x / y for x, y in zip(a, b)]
+    return min(ratios), max(ratios)
 
 
 def _ratio(a, b):
@@ -440,6 +459,7 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         ref = reference_for(r, rows, base_name)
         lat = point_1x1(r)
         fast = speedup(r, ref, lat) if lat and ref else None
+        spread = speedup_range(r, ref, lat) if fast is not None else None
         acc = r.get("accuracy")
         delta = (acc - base_acc) * 100 if acc is not None and base_acc is not None else None
         val = r.get("validation")
@@ -452,7 +472,8 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             _fmt_bytes(r.get("gzip_bytes")),
             _x(_ratio(ref and ref.get("gzip_bytes"), r.get("gzip_bytes"))),
             _num(r.get("sparsity"), ".1%"), _num(acc, ".2%"), _num(delta, "+.2f"),
-            _num(lat and lat.get("p50_ms"), ".3f"), _x(fast), parity]})
+            _num(lat and lat.get("p50_ms"), ".3f"),
+            _x(fast) + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""), parity]})
     return out
 
 
@@ -461,7 +482,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# slimpipe report: {report['model']} on {report['dataset']}", "",
              f"Recipe `{report['recipe']}`, baseline `{report['baseline']}`. Ratios (x smaller, "
              "x faster) are against the dense baseline in the same format; accuracy is measured "
-             "on the test set by each artifact's own runtime; latency is p50 at 1 thread, batch 1.",
+             f"on the test set by each artifact's own runtime; latency is p50 at 1 thread, batch 1. {SPREAD_NOTE}",
              "", "| " + " | ".join(TABLE_HEAD) + " |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in table_rows(report):

@@ -480,7 +480,8 @@ def round_up(n: int, size: int, *, min_channels: int, round_to: int) -> int:
 def select_channels(groups: list[Group], scores: Mapping[str, np.ndarray],
                     cost: Callable[[Mapping[str, int]], float], budget: float, *,
                     sizes: Mapping[str, int] | None = None, min_channels: int = 4,
-                    round_to: int = 1, cost_exponent: float = 0.0) -> tuple[dict[str, np.ndarray], bool]:
+                    round_to: int = 1, cost_exponent: float = 0.0,
+                    floors: Mapping[str, int] | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """Global ranking: drop the channels with the lowest normalized score, across all groups,
     until cost(kept channel counts) <= budget. Returns ({group id: kept indices}, reached).
 
@@ -490,15 +491,17 @@ def select_channels(groups: list[Group], scores: Mapping[str, np.ndarray],
     group whose next channel has the lowest score / saving**e, where saving is what removing it
     takes off the cost right now (e = 1: score per unit of cost saved). A MAC budget then cuts
     the wide-map convs, where a channel saves most, before the dense layers, where it saves little.
+    `floors` ({group id: channels}) raises min_channels for the groups it names.
     """
     sizes = dict(sizes or {g.id: g.size for g in groups})
+    floor = {g.id: max(min_channels, int((floors or {}).get(g.id, 0))) for g in groups}
     if cost_exponent > 0:
-        return _select_cost_aware(groups, scores, cost, budget, sizes, min_channels, round_to, cost_exponent)
+        return _select_cost_aware(groups, scores, cost, budget, sizes, floor, round_to, cost_exponent)
     order, owner = [], []
     for gi, g in enumerate(groups):
         s = np.asarray(scores[g.id], dtype=np.float64)
         mean = float(s.mean()) if s.size and s.mean() > 0 else 1.0
-        removable = max(0, sizes[g.id] - min(sizes[g.id], min_channels))
+        removable = max(0, sizes[g.id] - min(sizes[g.id], floor[g.id]))
         lowest = np.sort(s)[:removable] / mean
         order.extend(lowest)
         owner.extend([gi] * len(lowest))
@@ -507,7 +510,7 @@ def select_channels(groups: list[Group], scores: Mapping[str, np.ndarray],
 
     def counts_at(k: int) -> dict[str, int]:
         removed = np.bincount(owner_sorted[:k], minlength=len(groups))
-        return {g.id: round_up(sizes[g.id] - int(removed[i]), sizes[g.id], min_channels=min_channels,
+        return {g.id: round_up(sizes[g.id] - int(removed[i]), sizes[g.id], min_channels=floor[g.id],
                                round_to=round_to) for i, g in enumerate(groups)}
 
     lo, hi = 0, len(rank)
@@ -530,7 +533,7 @@ def _highest(groups, scores, counts, sizes) -> dict[str, np.ndarray]:
             for g in groups if counts[g.id] < sizes[g.id]}
 
 
-def _select_cost_aware(groups, scores, cost, budget, sizes, min_channels, round_to, exponent):
+def _select_cost_aware(groups, scores, cost, budget, sizes, floor, round_to, exponent):
     ranked = {}  # group id -> its normalized scores, lowest first
     for g in groups:
         s = np.asarray(scores[g.id], dtype=np.float64)
@@ -539,7 +542,7 @@ def _select_cost_aware(groups, scores, cost, budget, sizes, min_channels, round_
     counts = dict(sizes)  # unrounded counts; the budget is checked on the rounded ones
 
     def rounded(c):
-        return {g.id: round_up(c[g.id], sizes[g.id], min_channels=min_channels, round_to=round_to)
+        return {g.id: round_up(c[g.id], sizes[g.id], min_channels=floor[g.id], round_to=round_to)
                 for g in groups}
 
     while cost(rounded(counts)) > budget:
@@ -547,7 +550,7 @@ def _select_cost_aware(groups, scores, cost, budget, sizes, min_channels, round_
         best, best_priority = None, np.inf
         for g in groups:
             n = counts[g.id]
-            if n <= min(sizes[g.id], min_channels):
+            if n <= min(sizes[g.id], floor[g.id]):
                 continue
             saving = now - cost({**counts, g.id: n - 1})
             priority = ranked[g.id][sizes[g.id] - n] / max(float(saving), 1e-12) ** exponent

@@ -5,6 +5,7 @@ so every exporter, quantizer and runtime gets fewer multiply-accumulates.
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,8 @@ class StructuredPrune:
     (the same share of what is left each round). Channels go by a global ranking: every group's
     scores are divided by the group's mean, and the lowest-ranked channels across all layers go
     first until the round's budget (measured analytically) is met. Kept counts are >= min_channels
-    and rounded up to a multiple of round_to. target="latency" uses MACs to pick each round's
+    and >= (1 - max_layer_reduction) of the layer's original channels, rounded up to a multiple of
+    round_to. target="latency" uses MACs to pick each round's
     candidate, then exports it to TFLite and measures its p50 (1 thread, batch 1), shrinking more
     while it is too slow. `epochs=0` skips fine-tuning. `from_scratch` also trains the pruned
     architecture from random init (Liu et al., "Rethinking the Value of Network Pruning").
@@ -56,6 +58,7 @@ class StructuredPrune:
     min_channels: int = 4
     round_to: int = 4
     cost_exponent: float = 0.0
+    max_layer_reduction: float = 1.0
     layers: tuple[str, ...] = ()
     from_scratch: bool = False
     lr_decay: str = "constant"
@@ -86,6 +89,10 @@ class StructuredPrune:
                 and 0 <= self.cost_exponent <= 2, n, "cost_exponent must be a number in [0, 2] (0: rank "
                 "channels by score alone; 1: by score per unit of the target saved). "
                 f"Received: cost_exponent={self.cost_exponent!r}")
+        require(isinstance(self.max_layer_reduction, (int, float)) and not isinstance(self.max_layer_reduction, bool)
+                and 0 < self.max_layer_reduction <= 1, n, "max_layer_reduction must be a fraction in (0, 1] "
+                "(the most of one layer's original channels that may go; 0.75 keeps at least a quarter of "
+                f"each). Received: max_layer_reduction={self.max_layer_reduction!r}")
         require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
                 f"layers must be a list of layer names. Received: layers={self.layers!r}")
         require(isinstance(self.from_scratch, bool), n,
@@ -104,11 +111,14 @@ class StructuredPrune:
             share = (1 - self.reduction) ** (r / self.rounds)
             groups = [g for g in analyze_groups(model) if g.id in selected and g.prunable]
             scores = {g.id: channel_scores(model, g, self.criterion) for g in groups}
-            model, reached, record = self._shrink(model, groups, scores, share, before, latency, ctx)
+            floors = {g.id: math.ceil((1 - self.max_layer_reduction) * start_channels[g.producers[0]] - 1e-9)
+                      for g in groups}
+            model, reached, record = self._shrink(model, groups, scores, share, before, latency, ctx, floors)
             if not reached:
                 ctx.note(f"structured_prune: round {r} could not reach {share:.1%} of the original "
                          f"{self.target}: every pruned layer is at min_channels={self.min_channels} "
-                         f"(round_to={self.round_to}); lower them or prune more layers")
+                         f"or max_layer_reduction={self.max_layer_reduction} (round_to={self.round_to}); "
+                         "lower them or prune more layers")
             if self.epochs:
                 fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                     distill=self.distill, temperature=self.temperature, dropout=self.dropout)
@@ -163,10 +173,10 @@ class StructuredPrune:
             channel_scores(model, g, self.criterion)  # a ConfigError now, not after a round
         return {g.id for g in chosen}, skipped
 
-    def _shrink(self, model, groups, scores, share, before, latency, ctx):
+    def _shrink(self, model, groups, scores, share, before, latency, ctx, floors):
         cost = complexity_model(model)
         opts = {"min_channels": self.min_channels, "round_to": self.round_to,
-                "cost_exponent": float(self.cost_exponent)}
+                "cost_exponent": float(self.cost_exponent), "floors": floors}
         if self.target != "latency":
             keep, reached = select_channels(groups, scores, lambda c: cost(c)[self.target],
                                             before[self.target] * share, **opts)

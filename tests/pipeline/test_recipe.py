@@ -53,6 +53,9 @@ def test_toml_file_and_lists_become_tuples(tmp_path):
     (recipe({"stage": "prune"}, {"stage": "export"}), r"'export' accepts keras models but would receive a keras:pruning"),
     (recipe({"stage": "structured_prune", "cost_exponent": -1}), r"cost_exponent must be a number in \[0, 2\]"),
     (recipe({"stage": "structured_prune", "cost_exponent": "yes"}), r"cost_exponent"),
+    (recipe({"stage": "structured_prune", "max_layer_reduction": 0}), r"max_layer_reduction must be a fraction in \(0, 1\]"),
+    (recipe({"stage": "structured_prune", "max_layer_reduction": 1.5}), r"max_layer_reduction"),
+    (recipe({"stage": "structured_prune", "max_layer_reduction": True}), r"max_layer_reduction"),
     (recipe({"epochs": 3}), r"has no 'stage' key"),
     ({"name": "t", "stages": []}, r"no stages"),
     (recipe({"stage": "train"}, extra=1), r"unknown top-level keys \['extra'\]"),
@@ -95,6 +98,7 @@ def test_speed_recipe_shape():
     assert [s.stage.name for s in r] == ["train", "structured_prune", "export", "quantize", "benchmark"]
     pruning, quantize = r[1].stage, r[3].stage
     assert pruning.from_scratch and pruning.reduction >= 0.75
+    assert not pruning.layers  # no layer names: the recipe runs on vgg16 and users' models too
     assert quantize.mode == "int8" and quantize.io == "float"
     assert (1, 1) in r[4].stage.latency
 

@@ -179,3 +179,19 @@ def test_a_speed_difference_without_an_eligible_layer_is_called_variation():
     assert "run-to-run variation" in rows["pruned.onnx"]["sentence"]
     assert rows["pruned.sparse.tflite"]["speedup"] == pytest.approx(3.0)
     assert "skipped work for the zeros" in rows["pruned.sparse.tflite"]["sentence"]
+
+
+def test_x_faster_shows_the_pass_by_pass_spread(run):
+    """Each interleaved pass pairs the files in time: the cell gives the lowest and highest
+    per-pass ratio, and nothing where the passes are unknown."""
+    from pipeline.report import table_rows
+
+    lat = lambda row: run.measurements[row]["latency"][0]  # noqa: E731
+    lat("trained.tflite")["pass_p50_ms"] = [2.0, 2.0, 3.0]
+    lat("pruned.tflite")["pass_p50_ms"] = [1.0, 0.5, 1.5]
+    cells = {r["cells"][0]: r["cells"] for r in table_rows(build_report(run, recipe="d", environment=ENV))}
+    assert cells["pruned.tflite"][12] == "1.02x (2.00-4.00)"  # 2.0 / 1.96 pooled; passes 2, 4, 2
+    assert cells["trained.tflite"][12] == "1.00x"  # its own reference
+    assert cells["pruned.sparse.tflite"][12] == "0.50x"  # no per-pass figures
+    assert "lowest and highest ratio of single interleaved passes" in render_markdown(
+        build_report(run, recipe="d", environment=ENV))

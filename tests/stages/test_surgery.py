@@ -216,3 +216,88 @@ def test_cost_aware_selection_cuts_where_a_channel_saves_most():
     assert kept(aware) > kept(plain)  # the same budget met with fewer channels removed
     for gid, idx in aware.items():  # within a layer, the best-scored channels survive
         assert set(idx) == set(np.argsort(-scores[gid])[:len(idx)])
+
+
+def test_floors_bound_every_group_in_both_rankings():
+    model = sequential_bn()
+    groups = prunable_groups(model)
+    scores = {g.id: channel_scores(model, g, "l1") for g in groups}
+    cost = complexity_model(model)
+    floors = {g.id: g.size // 2 for g in groups}
+    for exponent in (0.0, 1.0):
+        keep, reached = select_channels(groups, scores, lambda c: cost(c)["macs"], 1, min_channels=1,
+                                        cost_exponent=exponent, floors=floors)
+        assert not reached  # a budget of 1 MAC: everything goes down to its floor, and no further
+        assert {gid: len(idx) for gid, idx in keep.items()} == floors
+
+
+def speed_recipe_shape(model, cost_exponent=None, floors=True):
+    """{layer: (kept, original) channels} after one selection at the speed recipe's budget,
+    rounding and (unless floors=False) max_layer_reduction floors."""
+    import math
+
+    from pipeline.recipe import load_recipe
+    from stages import STAGES
+
+    stage = next(s.stage for s in load_recipe("speed", STAGES) if s.stage.name == "structured_prune")
+    groups = prunable_groups(model)
+    scores = {g.id: channel_scores(model, g, stage.criterion) for g in groups}
+    cost = complexity_model(model)
+    budget = (1 - stage.reduction) * cost({})["macs"]
+    floors = {g.id: math.ceil((1 - stage.max_layer_reduction) * g.size) for g in groups} if floors else None
+    exponent = stage.cost_exponent if cost_exponent is None else cost_exponent
+    keep, reached = select_channels(groups, scores, lambda c: cost(c)["macs"], budget, floors=floors,
+                                    min_channels=stage.min_channels, round_to=stage.round_to,
+                                    cost_exponent=exponent)
+    assert reached and cost({k: len(v) for k, v in keep.items()})["macs"] <= budget
+    return {g.producers[0]: (len(keep.get(g.id, range(g.size))), g.size) for g in groups}
+
+
+def test_speed_recipe_ranking_cuts_the_wide_map_convs_of_the_cnn():
+    """The speed recipe's cost-aware ranking spends its MAC budget on conv1 and conv2 (26x26 and
+    11x11 maps) and keeps conv3 and fc1 whole: few MACs, most of the weights. The plain ranking
+    at the same budget cuts every layer."""
+    from pipeline.models import build_model
+
+    model = randomize(build_model("cnn", (28, 28, 1), 10))
+    aware = speed_recipe_shape(model)
+    assert aware["conv3"] == (64, 64) and aware["fc1"] == (128, 128)
+    assert aware["conv1"][0] < 32 and aware["conv2"][0] < 64
+    plain = speed_recipe_shape(model, cost_exponent=0.0)
+    assert plain["conv3"][0] < 64 and plain["fc1"][0] < 128
+
+
+def test_speed_recipe_keeps_a_quarter_of_every_vgg16_layer():
+    """Without a floor the cost-aware ranking collapses layers of a conv chain to min_channels
+    (VGG16 x0.25: block4_conv2 128 -> 8 next to two whole layers): one side of each pair of
+    layers loses what the other keeps."""
+    from pipeline.models import build_model
+
+    model = randomize(build_model("vgg16", (28, 28, 1), 10, width=0.25))
+    shape = speed_recipe_shape(model)
+    assert all(kept >= size / 4 for kept, size in shape.values())
+    collapsed = speed_recipe_shape(model, floors=False)
+    assert any(kept < size / 4 for kept, size in collapsed.values())
+
+
+
+def test_structured_prune_floors_hold_against_the_original_width_over_rounds(ctx):
+    """max_layer_reduction = 0.5 over 2 rounds: every layer keeps half of its *original* channels
+    (floors taken per round would allow a quarter), the unreachable MAC target is noted, and the
+    input model is left alone."""
+    from pipeline.artifacts import make_artifact
+    from pipeline.kerasio import save_keras
+    from stages.structured_prune import StructuredPrune
+    from tests.conftest import make_tiny_model
+
+    src = make_tiny_model()
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    art = make_artifact("trained", save_keras(src, ctx.out_dir / "trained.h5"), fmt="keras", kind="keras",
+                        stage="train", config={}, parent=None)
+    stage = StructuredPrune(reduction=0.95, rounds=2, epochs=0, final_epochs=0, cost_exponent=1.0,
+                            max_layer_reduction=0.5, min_channels=1, round_to=1)
+    [out] = stage.run(art, ctx)
+    assert out.meta["channels"] == {"conv": [8, 4], "dense": [32, 16]}
+    assert out.meta["reduction_achieved"] < 0.95
+    assert any("max_layer_reduction=0.5" in n for n in ctx.notes)
+    assert [l.get_config().get("filters") for l in ctx.keras_model(art).layers][:1] == [8]
