@@ -37,9 +37,8 @@ class StructuredPrune:
     scores are divided by the group's mean, and the lowest-ranked channels across all layers go
     first until the round's budget (measured analytically) is met. Kept counts are >= min_channels
     and >= (1 - max_layer_reduction) of the layer's original channels, rounded up to a multiple of
-    round_to. target="latency" uses MACs to pick each round's
-    candidate, then exports it to TFLite and measures its p50 (1 thread, batch 1), shrinking more
-    while it is too slow. `epochs=0` skips fine-tuning. `from_scratch` also trains the pruned
+    round_to. target="latency" uses MACs to pick each round's candidate, then exports it to TFLite
+    and measures its p50 (1 thread, batch 1), shrinking more while it is too slow. `epochs=0` skips fine-tuning. `from_scratch` also trains the pruned
     architecture from random init (Liu et al., "Rethinking the Value of Network Pruning").
     """
 
@@ -116,9 +115,10 @@ class StructuredPrune:
             model, reached, record = self._shrink(model, groups, scores, share, before, latency, ctx, floors)
             if not reached:
                 ctx.note(f"structured_prune: round {r} could not reach {share:.1%} of the original "
-                         f"{self.target}: every pruned layer is at min_channels={self.min_channels} "
-                         f"or max_layer_reduction={self.max_layer_reduction} (round_to={self.round_to}); "
-                         "lower them or prune more layers")
+                         f"{self.target}: every pruned layer is at min_channels={self.min_channels}"
+                         + (f" or max_layer_reduction={self.max_layer_reduction}"
+                            if self.max_layer_reduction < 1 else "")
+                         + f" (round_to={self.round_to}); lower them or prune more layers")
             if self.epochs:
                 fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                     distill=self.distill, temperature=self.temperature, dropout=self.dropout)
