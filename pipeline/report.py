@@ -92,11 +92,16 @@ def _latency(row, runtime: str, threads: int, batch: int, device: str = "cpu",
                  and l.get("resolver", "default") == resolver), None)
 
 
-def speedup(row, ref, point: dict[str, Any]) -> float | None:
-    """ref p50 / row p50 at the same runtime, device, threads and batch."""
+def _same_point(row, ref, point: dict[str, Any]) -> tuple[dict | None, dict | None]:
+    """row's and ref's latency rows at point's runtime, threads, batch, device and resolver."""
     where = (point["runtime"], point["threads"], point["batch"], point["device"],
              point.get("resolver", "default"))
-    mine, theirs = _latency(row, *where), _latency(ref, *where)
+    return _latency(row, *where), _latency(ref, *where)
+
+
+def speedup(row, ref, point: dict[str, Any]) -> float | None:
+    """ref p50 / row p50 at the same runtime, device, threads and batch."""
+    mine, theirs = _same_point(row, ref, point)
     if not mine or not theirs or not mine["p50_ms"]:
         return None
     return theirs["p50_ms"] / mine["p50_ms"]
@@ -108,9 +113,7 @@ def speedup_range(row, ref, point: dict[str, Any]) -> tuple[float, float] | None
     with the machine's speed. None without per-pass figures for both, or for a row against itself."""
     if row is ref:
         return None
-    where = (point["runtime"], point["threads"], point["batch"], point["device"],
-             point.get("resolver", "default"))
-    mine, theirs = _latency(row, *where), _latency(ref, *where)
+    mine, theirs = _same_point(row, ref, point)
     a, b = (theirs or {}).get("pass_p50_ms"), (mine or {}).get("pass_p50_ms")
     if not a or not b or len(a) != len(b) or len(a) < 2 or not all(b):
         return None
