@@ -43,6 +43,8 @@ def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -
 
 def _artifact_row(art, ctx: RunContext) -> dict[str, Any]:
     m = ctx.measurements.get(art.name, {})
+    # A file converted from a rewrite of its parent (space_to_depth_stem) records its own count.
+    complexity = m.get("complexity") or art.meta.get("complexity") or {}
     return {
         "name": art.name,
         "format": art.format,
@@ -58,8 +60,8 @@ def _artifact_row(art, ctx: RunContext) -> dict[str, Any]:
         "accuracy": m.get("accuracy"),
         "top1_agreement": m.get("top1_agreement"),
         "size_floor_bytes": m.get("size_floor_bytes"),
-        "params": (m.get("complexity") or {}).get("params"),
-        "macs": (m.get("complexity") or {}).get("macs"),
+        "params": complexity.get("params"),
+        "macs": complexity.get("macs"),
         "from_scratch": bool(art.meta.get("from_scratch", False)),
         "latency": m.get("latency", []),
         "layers": m.get("layers", []),
@@ -329,15 +331,15 @@ def _kernel_sentence(e: dict[str, Any]) -> str:
 
 # -- complexity, int8 against float, the from-scratch control ---------------------------------
 def inherit_complexity(rows: list[dict[str, Any]]) -> None:
-    """Exported files have the parameters and MACs of the Keras model they were made from; a
-    Keras model whose layers could not be counted (tfmot's pruning or QAT wrappers, which keep
-    every shape) has those of its parent."""
+    """Exported files have the parameters and MACs of the Keras model they were made from,
+    unless they record their own (a rewritten stem); a Keras model whose layers could not be
+    counted (tfmot's pruning or QAT wrappers, which keep every shape) has those of its parent."""
     by_name = {r["name"]: r for r in rows}
     for row in rows:  # parents come before their children
         parent = by_name.get(row["parent"])
         if not parent:
             continue
-        if row["format"] != "keras" or row.get("macs") is None:
+        if row.get("macs") is None:
             row["params"], row["macs"] = parent.get("params"), parent.get("macs")
 
 

@@ -14,7 +14,9 @@ from pipeline.kerasio import clone_with_weights
 from pipeline.stage import check_choice, check_count, check_fraction, require
 from stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
+from benchmarks.complexity import keras_complexity
 from benchmarks.sparsity import weight_sparsity
+from exporters.stem import space_to_depth_stem
 from exporters.tflite import SPARSE_LAYOUTS, export_tflite
 from exporters.tflite_sparse import sparse_orders
 from exporters.validate import check_parity
@@ -63,6 +65,11 @@ class Quantize:
     (int8/dynamic: the converter's flag; QAT modes: tfmot's per-tensor weight quantizer, keeping
     pqat/cqat preservation): a clustered kernel's k shared values stay k int8 codes, so the file
     gzips smaller, at some accuracy risk (measured in the README).
+    `space_to_depth_stem=True` (post-training modes) converts a rewrite of the model in which a
+    stem "conv (stride 1), then 2x2 max pool" runs on a space-to-depth view of the input
+    (`exporters.stem`): the same function, on kernels that suit a one-channel input far better
+    (int8 CNN here: 10.2 -> 7.7 us per call). The file gets ".s2d" in its name and its own MACs
+    and parameters in the report; a model without such a stem is converted as it is, with a note.
     """
 
     name: ClassVar[str] = "quantize"
@@ -81,6 +88,7 @@ class Quantize:
     sparse_layout: str = "smallest"
     strip_names: bool = False
     per_channel: bool = True
+    space_to_depth_stem: bool = False
     min_agreement: float = 0.97
     parity_samples: int = 256
     lr_decay: str = "constant"
@@ -113,6 +121,11 @@ class Quantize:
         require(self.per_channel or self.mode != "float16", n,
                 "per_channel=false needs an int8 mode: float16 has no scales. "
                 f"Received: mode={self.mode!r}; fix: drop per_channel or use mode 'dynamic'/'int8'/a QAT mode")
+        require(isinstance(self.space_to_depth_stem, bool), n,
+                f"space_to_depth_stem must be true or false. Received: space_to_depth_stem={self.space_to_depth_stem!r}")
+        require(not self.space_to_depth_stem or self.mode in PTQ_MODES, n,
+                f"space_to_depth_stem rewrites the float model before conversion, so it needs a post-training "
+                f"mode ({', '.join(PTQ_MODES)}). Received: mode={self.mode!r}; fix: drop space_to_depth_stem")
         check_fraction(n, "min_agreement", self.min_agreement, upper_open=False)
         check_count(n, "parity_samples", self.parity_samples, minimum=1)
 
@@ -121,13 +134,30 @@ class Quantize:
         _refuse_wrapped(source, art.name)
         x = ctx.data.x_test[: self.parity_samples]
         reference = source.predict(x, verbose=0, batch_size=256)
+        model, rewrite = source, None
+        if self.space_to_depth_stem:
+            rewritten, found = space_to_depth_stem(source, check_inputs=x[:8])
+            if rewritten is None:
+                ctx.note(f"quantize: space_to_depth_stem left {art.name} as it is: {found}")
+            else:
+                model, rewrite = rewritten, found
         stem = art.name + "." + self.mode + (".io-int8" if self.io == "int8" else "") \
-            + (".per-tensor" if not self.per_channel else "") + (".sparse" if self.sparse else "")
+            + (".per-tensor" if not self.per_channel else "") + (".sparse" if self.sparse else "") \
+            + (".s2d" if rewrite else "")
         path = ctx.stage_path(f"{stem}.tflite")
 
         if self.mode in PTQ_MODES:
-            self._convert(source, path, ctx)
+            self._convert(model, path, ctx)
             meta = self._measure(path, reference, x, ctx)
+            if rewrite:
+                counted = keras_complexity(model)
+                # The file runs the rewritten conv: its own MACs and parameters, not its parent's.
+                meta.update(space_to_depth_stem=rewrite,
+                            complexity={"params": counted["params"], "macs": counted["macs"]})
+                ctx.note(f"quantize: {path.name} computes {rewrite['conv']} + {rewrite['pool']} on a "
+                         f"space-to-depth view of the input (the same function; a "
+                         f"{'x'.join(map(str, rewrite['new_kernel'][:2]))} conv to {rewrite['new_kernel'][3]} "
+                         f"channels, then the max over 4 groups)")
             return [ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta)]
 
         qat, qat_meta = self._train_qat(source, ctx)

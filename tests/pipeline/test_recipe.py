@@ -99,7 +99,7 @@ def test_speed_recipe_shape():
     pruning, quantize = r[1].stage, r[3].stage
     assert pruning.from_scratch and pruning.reduction >= 0.75
     assert not pruning.layers  # no layer names: the recipe runs on vgg16 and users' models too
-    assert quantize.mode == "int8" and quantize.io == "float"
+    assert quantize.mode == "int8" and quantize.io == "float" and quantize.space_to_depth_stem
     assert (1, 1) in r[4].stage.latency
 
 

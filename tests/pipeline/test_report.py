@@ -159,9 +159,11 @@ def test_wrapped_keras_models_and_their_files_inherit_the_counted_macs():
     rows = [{"name": "clustered", "format": "keras", "parent": "pruned", "params": 10, "macs": 99},
             {"name": "q", "format": "keras", "parent": "clustered", "params": None, "macs": None},
             {"name": "q.tflite", "format": "tflite", "parent": "q", "params": None, "macs": None},
-            {"name": "s", "format": "keras", "parent": "clustered", "params": 4, "macs": 40}]
+            {"name": "s", "format": "keras", "parent": "clustered", "params": 4, "macs": 40},
+            {"name": "s.int8.s2d.tflite", "format": "tflite", "parent": "s", "params": 5, "macs": 45}]
     inherit_complexity(rows)
-    assert [r["macs"] for r in rows] == [99, 99, 99, 40]  # a counted model keeps its own count
+    # A counted model keeps its own count, and so does a file that records its own (a rewrite).
+    assert [r["macs"] for r in rows] == [99, 99, 99, 40, 45]
 
 
 def test_a_speed_difference_without_an_eligible_layer_is_called_variation():

@@ -38,6 +38,7 @@ def run(tmp_path, tiny_data):
     add("structured.int8.tflite", "tflite", "quantize", pruned, {"mode": "int8"}, accuracy=0.914,
         latency=[_lat(0.005)])
     ctx.baseline = "trained"
+    ctx.add = add
     return ctx
 
 
@@ -86,10 +87,15 @@ def test_int8_slower_than_float_says_why_from_isa_and_engine(run, isa, engine, s
 
 
 def test_complexity_fields_and_the_from_scratch_control(run):
+    pruned = next(a for a in run.artifacts if a.name == "structured")
+    run.add("structured.int8.s2d.tflite", "tflite", "quantize", pruned,
+            {"mode": "int8", "complexity": {"params": 40_500, "macs": 430_000}}, accuracy=0.914)
     report = build_report(run, recipe="speed", environment={"isa": []})
     rows = {r["name"]: r for r in report["artifacts"]}
     assert (rows["structured.int8.tflite"]["params"], rows["structured.int8.tflite"]["macs"]) == (40_000, 400_000)
     assert rows["trained.tflite"]["macs"] == 2_800_000
+    # A file converted from a rewrite of its parent (space_to_depth_stem) has its own count.
+    assert (rows["structured.int8.s2d.tflite"]["params"], rows["structured.int8.s2d.tflite"]["macs"]) == (40_500, 430_000)
     assert rows["structured.scratch"]["from_scratch"] and not rows["structured"]["from_scratch"]
     md = render_markdown(report)
     assert "| `structured.tflite` | tflite | 40,000 | 0.400 | 7.00x | 91.50% |" in md

@@ -229,6 +229,8 @@ def test_disagreement_raises_one_error_naming_the_file(ctx, tiny_model, tmp_path
     ({"per_channel": "no"}, "per_channel"),
     ({"min_agreement": 1.5}, "min_agreement"),
     ({"parity_samples": 0}, "parity_samples"),
+    ({"space_to_depth_stem": 1}, "space_to_depth_stem"),
+    ({"mode": "qat", "space_to_depth_stem": True}, "space_to_depth_stem rewrites the float model"),
 ])
 def test_bad_parameters(kwargs, field):
     with pytest.raises(ConfigError, match=rf"stage 'quantize': {field}\W.*Received"):
@@ -296,3 +298,38 @@ def test_per_tensor_qat_modes_have_one_scale_per_kernel(ctx, trained, mode):
     x = ctx.data.x_test[:32]  # the saved file loads (per-tensor quantizers) and predicts the same
     assert np.allclose(ctx.keras_model(keras_art).predict(x, verbose=0),
                        load_keras(keras_art.path).predict(x, verbose=0))
+
+
+def test_space_to_depth_stem_file_counts_its_own_macs_and_agrees_with_the_model(ctx, trained):
+    from benchmarks.complexity import keras_complexity
+
+    source = ctx.keras_model(trained)
+    before = weights_of(source)
+
+    [out] = run(Quantize(mode="int8", representative_samples=100, space_to_depth_stem=True), trained, ctx)
+
+    assert out.name == "trained.int8.s2d.tflite" and out.meta["validation"]["passed"]
+    assert out.meta["space_to_depth_stem"]["conv"] == "conv"
+    # The tiny model's conv: 3x3x1 -> 8 filters on a 10x10 map (7,200 MACs). Rewritten: a 2x2
+    # conv from 4 to 32 channels on 5x5 (12,800 MACs) and 16/9 the weights.
+    counted = keras_complexity(source)
+    assert out.meta["complexity"]["macs"] == counted["macs"] - 7_200 + 12_800
+    assert out.meta["complexity"]["params"] == counted["params"] - (72 + 8) + (2 * 2 * 4 * 32 + 32)
+    ops = [op["op_name"] for op in open_runtime(out.path, "tflite").interpreter._get_ops_details()]
+    assert "SPACE_TO_DEPTH" in ops and ops.count("DELEGATE") == 1
+    assert any("computes conv + pool on a space-to-depth view" in n for n in ctx.notes)
+    assert unchanged(before, source)
+
+
+def test_space_to_depth_stem_leaves_other_models_as_they_are_with_a_note(ctx, tmp_path):
+    import tf_keras as keras
+
+    L = keras.layers
+    model = keras.Sequential([L.Input(TINY_SHAPE), L.Conv2D(8, 3, strides=2, activation="relu"),
+                              L.Flatten(), L.Dense(4)], name="strided")
+    art = artifact(save_keras(model, tmp_path / "strided.h5"), "strided")
+
+    [out] = run(Quantize(mode="dynamic", space_to_depth_stem=True), art, ctx)
+
+    assert out.name == "strided.dynamic.tflite" and "space_to_depth_stem" not in out.meta
+    assert any("space_to_depth_stem left strided as it is" in n and "strides (2, 2)" in n for n in ctx.notes)
