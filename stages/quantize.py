@@ -68,7 +68,7 @@ class Quantize:
     `space_to_depth_stem=True` (post-training modes) converts a rewrite of the model in which a
     stem "conv (stride 1), then 2x2 max pool" runs on a space-to-depth view of the input
     (`exporters.stem`): the same function, on kernels that suit a one-channel input far better
-    (int8 CNN here: 10.2 -> 7.7 us per call). The file gets ".s2d" in its name and its own MACs
+    (int8 CNN here: 10.5 -> 7.7 us per call). The file gets ".s2d" in its name and its own MACs
     and parameters in the report; a model without such a stem is converted as it is, with a note.
     """
 
