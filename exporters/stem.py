@@ -9,9 +9,10 @@ kernels pad to their tile: the speed recipe's CNN's int8 conv1 on the 26x26 map 
     SPACE_TO_DEPTH(2) -> CONV (kernel k//2 + 1, 4 x Cin inputs, 4 x C outputs: one group of
     C filters per position (a, b) of the 2x2 pool window) -> max over the 4 groups
 
-with the same activation inside the conv ("same" padding: a ZeroPadding2D of k//2 first). Every original output pixel (2i+a, 2j+b) is computed
-by group (a, b) at (i, j) from the same input pixels and weights (the new kernel holds each
-weight once per group and zeros elsewhere), so the max over the groups is the pool's output.
+with the same activation inside the conv ("same" padding: a ZeroPadding2D of k//2 first).
+Every original output pixel (2i+a, 2j+b) is computed by group (a, b) at (i, j) from the same
+input pixels and weights (the new kernel holds each weight once per group and zeros
+elsewhere), so the max over the groups is the pool's output.
 The new conv does more multiply-adds (16/9 as many for k = 3: the zeros) on a shape the kernels
 run well: the CNN's whole int8 call took 7.7 instead of 10.5 us here. The report counts the
 file's own MACs and parameters.
@@ -60,11 +61,11 @@ def space_to_depth_stem(model, *, check_inputs: np.ndarray | None = None):
 
     kernel, bias = _stem_weights(conv)
     SpaceToDepth, GroupMax = _layers()  # noqa: N806
-    inp = keras.Input(shape=source.input_shape[1:], dtype=source.inputs[0].dtype, name=source.inputs[0].name.split(":")[0])
-    x = inp
+    x = inp = keras.Input(shape=source.input_shape[1:], dtype=source.inputs[0].dtype,
+                          name=source.inputs[0].name.split(":")[0])
     if conv.padding == "same":
-        k = conv.kernel_size
-        x = keras.layers.ZeroPadding2D(((k[0] // 2, k[0] // 2), (k[1] // 2, k[1] // 2)), name=f"{conv.name}_pad")(x)
+        (kh, kw) = conv.kernel_size
+        x = keras.layers.ZeroPadding2D(((kh // 2, kh // 2), (kw // 2, kw // 2)), name=f"{conv.name}_pad")(x)
     x = SpaceToDepth(BLOCK, name=f"{conv.name}_space_to_depth")(x)
     new_conv = keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], padding="valid",
                                    activation=conv.activation, use_bias=True, name=f"{conv.name}_s2d")
