@@ -48,12 +48,11 @@ def space_to_depth_stem(model, *, check_inputs: np.ndarray | None = None):
     """
     import tf_keras as keras
 
-    reason = _not_applicable(model)
+    names, reason = _stem_layers(model)
     if reason:
         return None, reason
     source = clone_with_weights(model)  # new layer objects: calling them again touches no input
-    conv = _consumers(source, source.inputs[0])[0]
-    pool = _consumers(source, conv.output)[0]
+    conv, pool = (source.get_layer(name) for name in names)
     try:
         rest = keras.Model(pool.output, source.outputs, name=f"{source.name}_after_stem")
     except ValueError as exc:  # "Graph disconnected": a later layer reads the input itself
@@ -90,37 +89,41 @@ def space_to_depth_stem(model, *, check_inputs: np.ndarray | None = None):
     return new, info
 
 
-def _not_applicable(model) -> str | None:
+def _stem_layers(model) -> tuple[tuple[str, str] | None, str | None]:
+    """((conv name, pool name), None) for a stem the rewrite applies to, else (None, why not)."""
     import tf_keras as keras
 
+    def no(reason: str):
+        return None, reason
+
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        return f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs (needs one of each)"
+        return no(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs (needs one of each)")
     shape = tuple(model.input_shape)
     if len(shape) != 4 or any(d is None for d in shape[1:3]):
-        return f"the input is not an image of fixed size (shape {shape})"
+        return no(f"the input is not an image of fixed size (shape {shape})")
     first = _consumers(model, model.inputs[0])
     if len(first) != 1 or type(first[0]) is not keras.layers.Conv2D:  # not its subclasses
         names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in first)
-        return f"the input feeds {names or 'no layer'}, not one Conv2D"
+        return no(f"the input feeds {names or 'no layer'}, not one Conv2D")
     conv = first[0]
     if conv.data_format != "channels_last":
-        return f"{conv.name} is channels_first"
+        return no(f"{conv.name} is channels_first")
     if tuple(conv.strides) != (1, 1) or tuple(conv.dilation_rate) != (1, 1) or conv.groups != 1:
-        return (f"{conv.name} has strides {tuple(conv.strides)}, dilation {tuple(conv.dilation_rate)}, "
-                f"groups {conv.groups} (needs 1, 1, 1)")
+        return no(f"{conv.name} has strides {tuple(conv.strides)}, dilation {tuple(conv.dilation_rate)}, "
+                  f"groups {conv.groups} (needs 1, 1, 1)")
     if conv.padding not in ("valid", "same") or any(k % 2 == 0 for k in conv.kernel_size):
-        return f"{conv.name} has kernel {tuple(conv.kernel_size)}, padding {conv.padding!r} (needs an odd kernel)"
+        return no(f"{conv.name} has kernel {tuple(conv.kernel_size)}, padding {conv.padding!r} (needs an odd kernel)")
     if any(d % BLOCK for d in shape[1:3]):
-        return f"the input is {shape[1]}x{shape[2]} (needs even height and width)"
+        return no(f"the input is {shape[1]}x{shape[2]} (needs even height and width)")
     after = _consumers(model, conv.output)
     if len(after) != 1 or type(after[0]) is not keras.layers.MaxPooling2D:
         names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in after)
-        return f"{conv.name} feeds {names or 'nothing'}, not one MaxPooling2D"
+        return no(f"{conv.name} feeds {names or 'nothing'}, not one MaxPooling2D")
     pool = after[0]
     if tuple(pool.pool_size) != (BLOCK, BLOCK) or tuple(pool.strides) != (BLOCK, BLOCK) \
             or pool.data_format != "channels_last":
-        return f"{pool.name} pools {tuple(pool.pool_size)} with strides {tuple(pool.strides)} (needs 2x2, stride 2)"
-    return None
+        return no(f"{pool.name} pools {tuple(pool.pool_size)} with strides {tuple(pool.strides)} (needs 2x2, stride 2)")
+    return (conv.name, pool.name), None
 
 
 def _consumers(model, tensor) -> list:
