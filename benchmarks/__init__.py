@@ -10,4 +10,4 @@
 This package is a library: it imports nothing from `stages/` or `exporters/`, and nothing
 from pytest outside its pytest-benchmark suite files.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

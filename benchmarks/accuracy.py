@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from slimpipe.pipeline.errors import ConfigError
 
 
 def predict_all(runtime, x: np.ndarray, *, batch: int = 256) -> np.ndarray:

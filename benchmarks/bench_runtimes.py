@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.measure import measure_latency
-from benchmarks.runtimes import open_runtime
-from pipeline.recipe import RECIPES_DIR
+from slimpipe.benchmarks.measure import measure_latency
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.pipeline.recipe import RECIPES_DIR
 
 RUN_ENV = "SLIMPIPE_BENCH_RUN"
 LIMIT = "2000"  # training examples for the artifacts built here: timing needs no accuracy
@@ -42,7 +42,7 @@ def _toml_value(v) -> str:
 
 def _build_default_run(out: Path) -> Path:
     """The default recipe without its benchmark stage, on a slice, one epoch per training."""
-    from pipeline.cli import main
+    from slimpipe.pipeline.cli import main
 
     data = tomllib.loads((RECIPES_DIR / "default.toml").read_text())
     lines = ['name = "bench"']
@@ -81,7 +81,7 @@ def artifacts(run_dir) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def images(artifacts) -> np.ndarray:
-    from pipeline.data import load_dataset
+    from slimpipe.pipeline.data import load_dataset
 
     data = load_dataset(artifacts["report"]["dataset"], limit=64)
     return np.ascontiguousarray(data.x_test[: max(BATCHES)], dtype=np.float32)

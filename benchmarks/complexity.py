@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 
 def keras_complexity(model) -> dict:

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.sparsity import _buffer_bytes, _tflite_model, tensor_name, weight_sparsity
-from pipeline.errors import ConfigError
+from slimpipe.benchmarks.sparsity import _buffer_bytes, _tflite_model, tensor_name, weight_sparsity
+from slimpipe.pipeline.errors import ConfigError
 
 LABELS = ("latency-eligible", "size-only", "dense")
 SPARSE_MIN = 0.3  # the converter's kMinSparsityLevel: below it weights are never stored sparse

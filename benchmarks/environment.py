@@ -45,7 +45,7 @@ def _cpuinfo() -> tuple[str | None, list[str]]:
 
 def environment() -> dict:
     """JSON-ready description of this machine and the installed runtimes."""
-    from benchmarks.runtimes import gpu_devices
+    from slimpipe.benchmarks.runtimes import gpu_devices
 
     cpu, isa = _cpuinfo()
     try:

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from slimpipe.pipeline.errors import ConfigError
 
 _CHUNK = 1 << 20
 

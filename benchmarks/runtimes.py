@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.errors import ConfigError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.errors import ConfigError
 
 FORMATS = ("keras", "tflite", "onnx")
 DEVICES = ("cpu", "gpu")
@@ -169,7 +169,7 @@ class KerasRuntime(Runtime):
     def __init__(self, path: Path, *, device: str) -> None:
         import tensorflow as tf
 
-        from pipeline.kerasio import load_keras
+        from slimpipe.pipeline.kerasio import load_keras
 
         if device == "gpu" and not tf.config.list_physical_devices("GPU"):
             raise ConfigError("device 'gpu' for keras needs a GPU visible to TensorFlow. "

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.measure import measure_latency
-from pipeline.errors import ConfigError
+from slimpipe.benchmarks.measure import measure_latency
+from slimpipe.pipeline.errors import ConfigError
 
 SPARSE_MIN = 0.3  # below this a layer keeps the dense kernel (as the TFLite converter does)
 
@@ -137,7 +137,7 @@ def csr_reference(model_or_path, *, batch: int = 1, warmup: int = 5, min_runs: i
     if isinstance(model_or_path, (str, Path)):
         if not Path(model_or_path).exists():
             raise ConfigError(f"csr_reference: {model_or_path} does not exist; fix: check the path")
-        from pipeline.kerasio import load_keras
+        from slimpipe.pipeline.kerasio import load_keras
 
         model = load_keras(Path(model_or_path))
     else:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.errors import ConfigError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.errors import ConfigError
 
 FORMATS = ("keras", "tflite", "onnx")
 
@@ -104,7 +104,7 @@ def _is_weight_dtype(dtype: np.dtype) -> bool:
 
 # -- keras ---------------------------------------------------------------------------------
 def _keras_layers(path: Path) -> list[dict]:
-    from pipeline.kerasio import load_keras
+    from slimpipe.pipeline.kerasio import load_keras
 
     model = load_keras(path)
     layers = []

@@ -51,9 +51,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from exporters import write_bytes_atomic
-from pipeline.errors import ConfigError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.exporters import write_bytes_atomic
+from slimpipe.pipeline.errors import ConfigError
 
 __all__ = ["build_metadata", "write_bundle", "embed_tflite_metadata", "read_tflite_metadata",
            "embed_onnx_metadata", "read_onnx_metadata", "reproducible_zip", "VERSION_PACKAGES"]
@@ -87,9 +87,9 @@ def build_metadata(model_path, *, labels: Sequence[str], normalization: Mapping[
     lineage: this artifact first, then its parent, ... up to the source, as
     {"name", "stage", "id", "format"} records. output_kind: "logits" or "probabilities".
     """
-    from benchmarks.environment import _version
-    from benchmarks.measure import file_size
-    from pipeline.artifacts import content_sha256
+    from slimpipe.benchmarks.environment import _version
+    from slimpipe.benchmarks.measure import file_size
+    from slimpipe.pipeline.artifacts import content_sha256
 
     path = Path(model_path)
     fmt = _format_of(path)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from exporters import write_bytes_atomic
-from pipeline.errors import ConfigError, ExportValidationError, StageError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.exporters import write_bytes_atomic
+from slimpipe.pipeline.errors import ConfigError, ExportValidationError, StageError
 
 MIN_OPSET, MAX_OPSET = 13, 18
 _PROTOBUF_LIMIT = 2 * 1024 ** 3

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from exporters import atomic_output
-from pipeline.errors import ConfigError, SlimpipeError, StageError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.exporters import atomic_output
+from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
 
 WEIGHT_TYPES = ("uint8", "int8")
 CALIBRATION_BATCH = 32

@@ -27,9 +27,9 @@ import functools
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.errors import ExportValidationError
-from pipeline.kerasio import clone_with_weights
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.errors import ExportValidationError
+from slimpipe.pipeline.kerasio import clone_with_weights
 
 BLOCK = 2
 # The rewritten model must reproduce the original's outputs to float32 round-off.

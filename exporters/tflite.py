@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from exporters import write_bytes_atomic
-from pipeline.errors import ConfigError, StageError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.exporters import write_bytes_atomic
+from slimpipe.pipeline.errors import ConfigError, StageError
 
 MODES = ("float32", "dynamic", "int8", "float16")
 IO_TYPES = ("int8", "float")
@@ -113,7 +113,7 @@ def smallest_checked(flatbuffer: bytes, *, samples: int = 4) -> bytes:
     """`smallest_sparse_layout(flatbuffer)`, kept only if LiteRT's builtin kernels give
     bit-identical outputs for both files on `samples` seeded random inputs (otherwise the input
     comes back, with a warning)."""
-    from exporters.tflite_sparse import smallest_sparse_layout
+    from slimpipe.exporters.tflite_sparse import smallest_sparse_layout
 
     smaller, changes = smallest_sparse_layout(flatbuffer)
     if not changes:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from benchmarks.accuracy import predict_all, top1_agreement
-from benchmarks.runtimes import open_runtime
-from pipeline.errors import ConfigError, ExportValidationError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.benchmarks.accuracy import predict_all, top1_agreement
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.pipeline.errors import ConfigError, ExportValidationError
 
 FORMATS = ("tflite", "onnx")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline import __version__
+from slimpipe.pipeline import __version__
 
 FORMATS = ("keras", "tflite", "onnx")
 

@@ -16,9 +16,9 @@ import sys
 import traceback
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.errors import ConfigError, SlimpipeError, StageError
-from pipeline.gate import add_gate_parser
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
+from slimpipe.pipeline.gate import add_gate_parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _list()
         if args.command == "gate":
-            from pipeline.gate import run_gate
+            from slimpipe.pipeline.gate import run_gate
             return run_gate(args)
         return _compress(args)
     except StageError as exc:
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _list() -> int:
-    from pipeline.data import DATASETS
-    from pipeline.models import MODELS
-    from pipeline.recipe import shipped_recipes
-    from stages import STAGES
+    from slimpipe.pipeline.data import DATASETS
+    from slimpipe.pipeline.models import MODELS
+    from slimpipe.pipeline.recipe import shipped_recipes
+    from slimpipe.stages import STAGES
 
     stages = {k: (v.__doc__ or "").strip().splitlines()[0] + "\n" + _parameters(v) for k, v in STAGES.items()}
     sections = [("models", MODELS), ("data sets", DATASETS), ("stages", stages),
@@ -110,15 +110,15 @@ def default_out(model: str, dataset: str) -> Path:
 
 
 def _compress(args) -> int:
-    from benchmarks.environment import environment
-    from pipeline.context import RunContext
-    from pipeline.data import load_dataset
-    from pipeline.html_report import write_html
-    from pipeline.models import check_fit, resolve_model
-    from pipeline.recipe import load_recipe
-    from pipeline.report import build_report, write_plots, write_report
-    from pipeline.runner import run_recipe, save_source
-    from stages import STAGES
+    from slimpipe.benchmarks.environment import environment
+    from slimpipe.pipeline.context import RunContext
+    from slimpipe.pipeline.data import load_dataset
+    from slimpipe.pipeline.html_report import write_html
+    from slimpipe.pipeline.models import check_fit, resolve_model
+    from slimpipe.pipeline.recipe import load_recipe
+    from slimpipe.pipeline.report import build_report, write_plots, write_report
+    from slimpipe.pipeline.runner import run_recipe, save_source
+    from slimpipe.stages import STAGES
 
     if args.epochs is not None and args.epochs < 0:
         raise ConfigError(f"--epochs must be >= 0. Received: --epochs {args.epochs}")
@@ -185,7 +185,7 @@ def _deterministic(seed: int) -> None:
 
 
 def _file_sha256(spec: str) -> str | None:
-    from pipeline.artifacts import content_sha256
+    from slimpipe.pipeline.artifacts import content_sha256
 
     path = Path(spec)
     return content_sha256(path) if path.exists() else None

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Artifact, make_artifact
-from pipeline.errors import ConfigError
-from pipeline.kerasio import load_keras, save_keras
-from pipeline.stage import stage_config
+from slimpipe.pipeline.artifacts import Artifact, make_artifact
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import load_keras, save_keras
+from slimpipe.pipeline.stage import stage_config
 
 
 @dataclass

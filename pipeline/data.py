@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from slimpipe.pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.errors import ConfigError
-from pipeline.plots import deployable  # an export whose parity passed or was not run
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.plots import deployable  # an export whose parity passed or was not run
 
 # [gate] key -> (type, help). Order is the order checks run in.
 GATE_KEYS: dict[str, tuple[type, str]] = {
@@ -106,7 +106,7 @@ def check_thresholds(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def recipe_gate(spec: str | Path) -> dict[str, Any]:
     """The [gate] table of a recipe (a .toml path or a shipped recipe name), validated."""
-    from pipeline.recipe import read_recipe_file
+    from slimpipe.pipeline.recipe import read_recipe_file
 
     path, data = read_recipe_file(spec)
     gate = data.get("gate", {})

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.plots import pareto_table, smallest_sentence
-from pipeline.report import (SPREAD_NOTE, _fmt_bytes, _ratio, _x, cache_status, sparse_kernels,
+from slimpipe.pipeline.plots import pareto_table, smallest_sentence
+from slimpipe.pipeline.report import (SPREAD_NOTE, _fmt_bytes, _ratio, _x, cache_status, sparse_kernels,
                              sparsity_and_speed, speed_summary, table_rows)
 
 ALT = {
@@ -235,7 +235,7 @@ def write_html(report: Mapping[str, Any], out_dir: str | Path,
                images: Mapping[str, bytes] | None = None) -> Path:
     """Write OUT/report.html atomically (plots drawn from the report unless given)."""
     if images is None:
-        from pipeline.plots import plot_pareto
+        from slimpipe.pipeline.plots import plot_pareto
         images = plot_pareto(report)
     final = Path(out_dir) / "report.html"
     tmp = final.with_name(final.name + ".tmp")

@@ -10,7 +10,7 @@ import logging
 import warnings
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 
 def save_keras(model, path: Path) -> Path:

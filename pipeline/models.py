@@ -11,9 +11,9 @@ import re
 import zipfile
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.errors import ConfigError
-from pipeline.kerasio import tfmot_scope
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import tfmot_scope
 
 MODELS: dict[str, str] = {
     "cnn": "3-conv CNN from the TF pruning tutorials (~131k params at 28x28x1); fast, >=92% on Fashion-MNIST",

@@ -14,7 +14,7 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
-from pipeline.report import _latency, reference_for
+from slimpipe.pipeline.report import _latency, reference_for
 
 _EPS = 1e-9
 LATENCY_RUNTIMES = ("litert", "onnxruntime")  # exported runtimes; p50 at 1 thread, batch 1

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from pipeline.errors import ConfigError
+from slimpipe.pipeline.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -130,7 +130,7 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
                               f"step; expected one of {', '.join(['source', *seen])}")
         seen.add(step.name)
         steps.append(step)
-    from pipeline.gate import check_thresholds  # a typo in [gate] fails before training
+    from slimpipe.pipeline.gate import check_thresholds  # a typo in [gate] fails before training
 
     gate = data.get("gate", {})
     if not isinstance(gate, Mapping):

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
-from pipeline.context import RunContext
+from slimpipe.pipeline import __version__
+from slimpipe.pipeline.context import RunContext
 
 SPARSE = 0.3  # an artifact with at least this fraction of zero weights counts as sparse
 SPREAD_NOTE = ("In brackets after x faster: the lowest and highest ratio of single interleaved "
@@ -572,7 +572,7 @@ PLOT_FILES = ("size_vs_accuracy.png", "latency_vs_accuracy.png")
 def _pareto_markdown(report: dict[str, Any]) -> list[str]:
     """The smallest artifact at iso-accuracy, the Pareto table with each artifact's size floor,
     and links to the plots that write_report puts next to report.md."""
-    from pipeline.plots import pareto_table, smallest_sentence
+    from slimpipe.pipeline.plots import pareto_table, smallest_sentence
 
     lines = ["", "## Size, accuracy and the Pareto frontiers", "", smallest_sentence(report), "",
              "The size floor is what the weights would need at the least: non-zeros x bits per "
@@ -600,7 +600,7 @@ def _pareto_markdown(report: dict[str, Any]) -> list[str]:
 def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, bytes]:
     """Draw the Pareto plots, write them as PNG files next to the report (atomically) and list
     them in `report["plots"]`. Returns the PNG bytes by file name, for the HTML report."""
-    from pipeline.plots import plot_pareto
+    from slimpipe.pipeline.plots import plot_pareto
 
     images = plot_pareto(report)
     for name, data in images.items():

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from pipeline import __version__
-from pipeline.artifacts import Artifact, canonical_json, content_sha256
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError, SlimpipeError, StageError
-from pipeline.recipe import Recipe
-from pipeline.stage import stage_config
+from slimpipe.pipeline import __version__
+from slimpipe.pipeline.artifacts import Artifact, canonical_json, content_sha256
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
+from slimpipe.pipeline.recipe import Recipe
+from slimpipe.pipeline.stage import stage_config
 
 MANIFEST = ".slimpipe-stage.json"
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pipeline.errors import ConfigError
+from slimpipe.pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pipeline.artifacts import Artifact
-    from pipeline.context import RunContext
+    from slimpipe.pipeline.artifacts import Artifact
+    from slimpipe.pipeline.context import RunContext
 
 
 class Stage(Protocol):

@@ -1,15 +1,15 @@
 """The stage registry. Adding a stage takes one new file and one line here."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-from stages.benchmark import Benchmark
-from stages.bundle import Bundle
-from stages.cluster import Cluster
-from stages.export import Export
-from stages.prune import Prune
-from stages.quantize import Quantize
-from stages.strip import Strip
-from stages.structured_prune import StructuredPrune
-from stages.train import Train
+from slimpipe.stages.benchmark import Benchmark
+from slimpipe.stages.bundle import Bundle
+from slimpipe.stages.cluster import Cluster
+from slimpipe.stages.export import Export
+from slimpipe.stages.prune import Prune
+from slimpipe.stages.quantize import Quantize
+from slimpipe.stages.strip import Strip
+from slimpipe.stages.structured_prune import StructuredPrune
+from slimpipe.stages.train import Train
 
 STAGES = {
     "train": Train,

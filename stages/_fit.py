@@ -9,7 +9,7 @@ import math
 import os
 import sys
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 
 def verbosity() -> int:
@@ -34,7 +34,7 @@ def output_is_probabilities(model) -> bool:
 
 
 def check_learning_rate(stage: str, value) -> None:
-    from pipeline.stage import require
+    from slimpipe.pipeline.stage import require
 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
     require(ok, stage, f"learning_rate must be a number > 0 (e.g. 1e-3). Received: learning_rate={value!r}")
@@ -48,13 +48,13 @@ LR_DECAYS = ("constant", "cosine")
 
 
 def check_lr_decay(stage: str, value) -> None:
-    from pipeline.stage import check_choice
+    from slimpipe.pipeline.stage import check_choice
 
     check_choice(stage, "lr_decay", value, LR_DECAYS)
 
 
 def check_distill(stage: str, distill, temperature) -> None:
-    from pipeline.stage import require
+    from slimpipe.pipeline.stage import require
 
     ok = isinstance(distill, (int, float)) and not isinstance(distill, bool) and 0 <= distill <= 1
     require(ok, stage, f"distill must be a weight in [0, 1] for the teacher's soft targets (0 = off). "
@@ -107,7 +107,7 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
 
 
 def check_dropout(stage: str, value) -> None:
-    from pipeline.stage import require
+    from slimpipe.pipeline.stage import require
 
     ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1)
     require(ok, stage, f"dropout must be a rate in [0, 1) for this stage's fine-tuning, or unset to keep "
@@ -140,8 +140,8 @@ def _with_teacher(ctx, batch_size: int):
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.data import batched
-    from pipeline.errors import ConfigError
+    from slimpipe.pipeline.data import batched
+    from slimpipe.pipeline.errors import ConfigError
 
     if not ctx.baseline:
         raise ConfigError("distill needs a trained dense baseline as the teacher: put 'train' before "

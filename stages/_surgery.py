@@ -30,8 +30,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.errors import ConfigError
+import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.errors import ConfigError
 
 CRITERIA = ("l1", "bn_scale")
 _INPUT = "__input__"
@@ -430,7 +430,7 @@ def prune_channels(model, keep: Mapping[str, np.ndarray]):
 def complexity_model(model) -> Callable[[Mapping[str, int]], dict[str, int]]:
     """A function {group_id: kept channels} -> {"params", "macs"} of the pruned model, computed
     without building it (equal to benchmarks.complexity.keras_complexity of the result)."""
-    from benchmarks.complexity import keras_complexity
+    from slimpipe.benchmarks.complexity import keras_complexity
 
     an = _analyze(model)
     total = keras_complexity(model)

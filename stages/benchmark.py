@@ -6,18 +6,18 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.artifacts import KERAS_KINDS, Artifact
-from pipeline.context import RunContext
-from pipeline.report import SPARSE
-from pipeline.stage import check_count, require
+from slimpipe.pipeline.artifacts import KERAS_KINDS, Artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.report import SPARSE
+from slimpipe.pipeline.stage import check_count, require
 
-from benchmarks.accuracy import accuracy, predict_all, top1_agreement
-from benchmarks.eligibility import eligibility
-from benchmarks.measure import file_size, interleaved_latency
-from benchmarks.complexity import keras_complexity
-from benchmarks.runtimes import ORT_GPU_PROVIDERS, gpu_devices, open_runtime
-from benchmarks.sparse_kernel import csr_reference
-from benchmarks.sparsity import size_floor_bytes, weight_sparsity
+from slimpipe.benchmarks.accuracy import accuracy, predict_all, top1_agreement
+from slimpipe.benchmarks.eligibility import eligibility
+from slimpipe.benchmarks.measure import file_size, interleaved_latency
+from slimpipe.benchmarks.complexity import keras_complexity
+from slimpipe.benchmarks.runtimes import ORT_GPU_PROVIDERS, gpu_devices, open_runtime
+from slimpipe.benchmarks.sparse_kernel import csr_reference
+from slimpipe.benchmarks.sparsity import size_floor_bytes, weight_sparsity
 
 RUNTIME_OF = {"keras": "keras", "tflite": "litert", "onnx": "onnxruntime"}
 

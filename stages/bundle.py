@@ -5,13 +5,13 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.artifacts import KERAS_KINDS, Artifact, content_sha256
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError, StageError
-from pipeline.stage import require
+from slimpipe.pipeline.artifacts import KERAS_KINDS, Artifact, content_sha256
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError, StageError
+from slimpipe.pipeline.stage import require
 
-from exporters import write_bytes_atomic
-from exporters.bundle import build_metadata, write_bundle
+from slimpipe.exporters import write_bytes_atomic
+from slimpipe.exporters.bundle import build_metadata, write_bundle
 
 FORMATS = ("tflite", "onnx")
 ORDER_FIX = "put 'bundle' after 'benchmark' in the recipe"
@@ -117,7 +117,7 @@ def _lineage(art: Artifact, ctx: RunContext) -> list[dict]:
 
 def _output_kind(art: Artifact, ctx: RunContext) -> str:
     """"probabilities" when the Keras model the file came from ends in softmax, else "logits"."""
-    from pipeline.models import output_is_probabilities
+    from slimpipe.pipeline.models import output_is_probabilities
 
     keras_parent = next((a for a in _ancestors(art, ctx)[1:] if a.is_keras), None)
     if keras_parent is None or not keras_parent.path.exists():

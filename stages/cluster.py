@@ -6,11 +6,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.artifacts import Artifact
-from pipeline.errors import ConfigError
-from pipeline.kerasio import clone_with_weights, tfmot_scope
-from pipeline.stage import check_choice, check_count, require
-from stages._fit import check_distill, check_dropout, check_lr_decay, fit
+from slimpipe.pipeline.artifacts import Artifact
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
+from slimpipe.pipeline.stage import check_choice, check_count, require
+from slimpipe.stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
 INITS = ("kmeans_plus_plus", "linear", "density_based", "random")
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.artifacts import Artifact
-from pipeline.context import RunContext
-from pipeline.stage import check_choice, check_count, check_fraction, require
+from slimpipe.pipeline.artifacts import Artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
 
-from benchmarks.sparsity import weight_sparsity
-from exporters.onnx import export_onnx
-from exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
-from exporters.tflite import SPARSE_LAYOUTS, export_tflite
-from exporters.tflite_sparse import sparse_orders
-from exporters.validate import check_parity, raise_on_mismatch
+from slimpipe.benchmarks.sparsity import weight_sparsity
+from slimpipe.exporters.onnx import export_onnx
+from slimpipe.exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
+from slimpipe.exporters.tflite import SPARSE_LAYOUTS, export_tflite
+from slimpipe.exporters.tflite_sparse import sparse_orders
+from slimpipe.exporters.validate import check_parity, raise_on_mismatch
 
 FORMATS = ("tflite", "onnx")
 ONNX_INT8 = ("dynamic", "static")

@@ -6,11 +6,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.artifacts import Artifact
-from pipeline.errors import ConfigError
-from pipeline.kerasio import clone_with_weights, tfmot_scope
-from pipeline.stage import check_count, check_fraction, require
-from stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit, steps_per_epoch
+from slimpipe.pipeline.artifacts import Artifact
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
+from slimpipe.pipeline.stage import check_count, check_fraction, require
+from slimpipe.stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
 POLICIES = ("xnnpack",)  # tfmot's PruneForLatencyOnXNNPack

@@ -8,18 +8,18 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.artifacts import Artifact
-from pipeline.errors import ConfigError, ExportValidationError
-from pipeline.kerasio import clone_with_weights
-from pipeline.stage import check_choice, check_count, check_fraction, require
-from stages._fit import check_distill, check_dropout, check_lr_decay, fit
+from slimpipe.pipeline.artifacts import Artifact
+from slimpipe.pipeline.errors import ConfigError, ExportValidationError
+from slimpipe.pipeline.kerasio import clone_with_weights
+from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
+from slimpipe.stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
-from benchmarks.complexity import keras_complexity
-from benchmarks.sparsity import weight_sparsity
-from exporters.stem import space_to_depth_stem
-from exporters.tflite import SPARSE_LAYOUTS, export_tflite
-from exporters.tflite_sparse import sparse_orders
-from exporters.validate import check_parity
+from slimpipe.benchmarks.complexity import keras_complexity
+from slimpipe.benchmarks.sparsity import weight_sparsity
+from slimpipe.exporters.stem import space_to_depth_stem
+from slimpipe.exporters.tflite import SPARSE_LAYOUTS, export_tflite
+from slimpipe.exporters.tflite_sparse import sparse_orders
+from slimpipe.exporters.validate import check_parity
 
 PTQ_MODES = ("dynamic", "int8", "float16")
 QAT_MODES = ("qat", "pqat", "cqat", "pcqat")
@@ -316,8 +316,8 @@ def _per_tensor_quantizer(mode: str):
 
 def _versus_input(path: Path, input_logits, x, y) -> dict:
     """How the QAT file compares with the float model the stage was given."""
-    from benchmarks.accuracy import accuracy, predict_all, top1_agreement
-    from benchmarks.runtimes import open_runtime
+    from slimpipe.benchmarks.accuracy import accuracy, predict_all, top1_agreement
+    from slimpipe.benchmarks.runtimes import open_runtime
 
     logits = predict_all(open_runtime(path, "tflite", threads=1), x)
     return {"top1_agreement": top1_agreement(logits, input_logits), "accuracy": accuracy(logits, y),

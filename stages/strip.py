@@ -6,10 +6,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.artifacts import Artifact
-from pipeline.errors import ConfigError
-from pipeline.kerasio import clone_with_weights
-from pipeline.stage import require
+from slimpipe.pipeline.artifacts import Artifact
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import clone_with_weights
+from slimpipe.pipeline.stage import require
 
 
 @dataclass(frozen=True)

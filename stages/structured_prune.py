@@ -13,12 +13,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.artifacts import Artifact
-from pipeline.errors import ConfigError
-from pipeline.kerasio import clone_with_weights
-from pipeline.stage import check_choice, check_count, check_fraction, require
-from stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit
-from stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
+from slimpipe.pipeline.artifacts import Artifact
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import clone_with_weights
+from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
+from slimpipe.stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit
+from slimpipe.stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
                              prune_channels, select_channels)
 
 TARGETS = ("params", "macs", "latency")
@@ -98,7 +98,7 @@ class StructuredPrune:
                 f"from_scratch must be true or false. Received: from_scratch={self.from_scratch!r}")
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
-        from benchmarks.complexity import keras_complexity
+        from slimpipe.benchmarks.complexity import keras_complexity
 
         model = clone_with_weights(ctx.keras_model(art))
         selected, skipped = self._select(model, ctx)
@@ -200,9 +200,9 @@ class StructuredPrune:
                                     "latency_budget_ms": round(goal, 4)}
 
     def _latency_ms(self, model, ctx) -> float:
-        from benchmarks.measure import measure_latency
-        from benchmarks.runtimes import open_runtime
-        from exporters.tflite import export_tflite
+        from slimpipe.benchmarks.measure import measure_latency
+        from slimpipe.benchmarks.runtimes import open_runtime
+        from slimpipe.exporters.tflite import export_tflite
 
         with tempfile.TemporaryDirectory() as tmp:
             path = export_tflite(model, Path(tmp) / "candidate.tflite")

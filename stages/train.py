@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.artifacts import Artifact
-from pipeline.kerasio import clone_with_weights
-from pipeline.stage import check_choice, check_count
-from stages._fit import check_learning_rate, check_lr_decay, fit
+from slimpipe.pipeline.artifacts import Artifact
+from slimpipe.pipeline.kerasio import clone_with_weights
+from slimpipe.pipeline.stage import check_choice, check_count
+from slimpipe.stages._fit import check_learning_rate, check_lr_decay, fit
 
 IF_TRAINED = ("skip", "continue")
 

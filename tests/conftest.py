@@ -11,8 +11,8 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import numpy as np
 import pytest
 
-from pipeline.context import RunContext
-from pipeline.data import Dataset
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.data import Dataset
 
 TINY_SHAPE = (12, 12, 1)
 TINY_CLASSES = 4

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.cli import main
+from slimpipe.pipeline.cli import main
 from tests.test_cli import needs_fashion
 
 CHAIN = """

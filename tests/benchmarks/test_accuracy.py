@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.accuracy import accuracy, predict_all, top1_agreement
-from pipeline.errors import ConfigError
+from slimpipe.benchmarks.accuracy import accuracy, predict_all, top1_agreement
+from slimpipe.pipeline.errors import ConfigError
 
 
 class Recorder:

@@ -1,8 +1,8 @@
 """keras_complexity: hand-computed params and MACs (multiply-accumulates per example)."""
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 import tf_keras as keras
 
-from benchmarks.complexity import keras_complexity
+from slimpipe.benchmarks.complexity import keras_complexity
 
 
 def test_hand_computed_macs_and_params_of_a_tiny_model():
@@ -38,7 +38,7 @@ def test_dense_on_a_sequence_strided_conv_and_the_cnn_zoo_model():
     rows = {r["name"]: r["macs"] for r in keras_complexity(model)["layers"]}
     assert rows == {"c": 5 * 5 * 9 * 2 * 3, "d": 5 * 5 * 3 * 4}
 
-    from pipeline.models import build_model
+    from slimpipe.pipeline.models import build_model
 
     c = keras_complexity(build_model("cnn", (28, 28, 1), 10))
     # conv1 26x26x32, conv2 11x11x64 from 32, conv3 3x3x64 from 64, fc1 576 -> 128, logits.

@@ -1,14 +1,14 @@
 """Eligibility labels read from real exported files: which layers a sparse kernel can speed up."""
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from benchmarks.eligibility import eligibility
-from exporters.onnx import export_onnx
-from exporters.tflite import export_tflite
-from pipeline.errors import ConfigError
-from pipeline.kerasio import save_keras
+from slimpipe.benchmarks.eligibility import eligibility
+from slimpipe.exporters.onnx import export_onnx
+from slimpipe.exporters.tflite import export_tflite
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import save_keras
 
 
 def _keras():

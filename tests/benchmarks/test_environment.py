@@ -2,8 +2,8 @@
 import builtins
 import os
 
-from benchmarks import environment as env_module
-from benchmarks.environment import environment
+from slimpipe.benchmarks import environment as env_module
+from slimpipe.benchmarks.environment import environment
 
 KEYS = {"python", "platform", "versions", "cpu", "cores", "isa", "gpu"}
 PACKAGES = {"tensorflow", "tf_keras", "tensorflow_model_optimization", "onnx", "onnxruntime",

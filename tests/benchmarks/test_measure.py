@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import measure
-from benchmarks.measure import REWARM, file_size, interleaved_latency, measure_latency
-from pipeline.errors import ConfigError
+from slimpipe.benchmarks import measure
+from slimpipe.benchmarks.measure import REWARM, file_size, interleaved_latency, measure_latency
+from slimpipe.pipeline.errors import ConfigError
 
 
 def test_latency_runs_until_both_minimums_and_times_every_call():

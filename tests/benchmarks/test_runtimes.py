@@ -1,20 +1,20 @@
 """Runtimes: LiteRT and onnxruntime reproduce Keras at any batch size; providers; GPU requests."""
 import os
 
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from benchmarks.runtimes import gpu_devices, open_runtime, ort_provider_options, select_ort_providers
-from pipeline.errors import ConfigError
+from slimpipe.benchmarks.runtimes import gpu_devices, open_runtime, ort_provider_options, select_ort_providers
+from slimpipe.pipeline.errors import ConfigError
 
 
 @pytest.fixture
 def files(tiny_model, tmp_path):
-    from exporters.onnx import export_onnx
-    from exporters.tflite import export_tflite
-    from pipeline.kerasio import save_keras
+    from slimpipe.exporters.onnx import export_onnx
+    from slimpipe.exporters.tflite import export_tflite
+    from slimpipe.pipeline.kerasio import save_keras
 
     return {"keras": save_keras(tiny_model, tmp_path / "m.h5"),
             "tflite": export_tflite(tiny_model, tmp_path / "m.tflite"),

@@ -1,13 +1,13 @@
 """The size floor: non-zeros x bits per weight (fewer bits for few distinct values) plus index
 overhead, measured from the file; a real file is never smaller than its floor."""
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import gzip
 
 import numpy as np
 import pytest
 
-from benchmarks.sparsity import size_floor_bytes, weight_sparsity
+from slimpipe.benchmarks.sparsity import size_floor_bytes, weight_sparsity
 
 
 def _dense_model(kernel):
@@ -20,8 +20,8 @@ def _dense_model(kernel):
 
 
 def _layers(kernel, tmp_path, fmt="keras"):
-    from exporters.tflite import export_tflite
-    from pipeline.kerasio import save_keras
+    from slimpipe.exporters.tflite import export_tflite
+    from slimpipe.pipeline.kerasio import save_keras
 
     model = _dense_model(kernel)
     path = (save_keras(model, tmp_path / "m.h5") if fmt == "keras"

@@ -1,13 +1,13 @@
 """The CSR reference kernel: right shapes and counts from a model's own weights; the timings
 themselves are not asserted (they flake), the work counts that drive them are."""
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from benchmarks.sparse_kernel import csr_reference, gemm_operands, time_gemm
-from pipeline.errors import ConfigError
-from pipeline.kerasio import save_keras
+from slimpipe.benchmarks.sparse_kernel import csr_reference, gemm_operands, time_gemm
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import save_keras
 from tests.conftest import make_tiny_model
 
 FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0}

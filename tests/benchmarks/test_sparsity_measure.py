@@ -1,17 +1,17 @@
 """weight_sparsity / tflite_* on edge cases: nothing to measure, wrong files, wrong formats."""
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from benchmarks.sparsity import tflite_ops, tflite_sparse_tensors, weight_sparsity
-from pipeline.errors import ConfigError
+from slimpipe.benchmarks.sparsity import tflite_ops, tflite_sparse_tensors, weight_sparsity
+from slimpipe.pipeline.errors import ConfigError
 
 
 def test_model_without_kernels_reports_none_with_a_note(tmp_path):
     import tf_keras as keras
 
-    from exporters.tflite import export_tflite
+    from slimpipe.exporters.tflite import export_tflite
 
     model = keras.Sequential([keras.layers.Input((4, 4, 1)), keras.layers.Flatten(),
                               keras.layers.Softmax()])
@@ -25,7 +25,7 @@ def test_model_without_kernels_reports_none_with_a_note(tmp_path):
 def test_keras_counts_kernels_not_biases(tmp_path):
     import tf_keras as keras
 
-    from pipeline.kerasio import save_keras
+    from slimpipe.pipeline.kerasio import save_keras
 
     model = keras.Sequential([keras.layers.Input((3,)), keras.layers.Dense(2, name="d")])
     model.get_layer("d").set_weights([np.array([[0, 1], [0, 0], [2, 3]], np.float32),

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_CLASSES, TINY_SHAPE, make_tiny_model
-from benchmarks.accuracy import predict_all
-from benchmarks.runtimes import open_runtime
-from exporters.bundle import (build_metadata, read_onnx_metadata, read_tflite_metadata,
+from slimpipe.benchmarks.accuracy import predict_all
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.exporters.bundle import (build_metadata, read_onnx_metadata, read_tflite_metadata,
                               reproducible_zip, write_bundle)
-from exporters.onnx import export_onnx
-from exporters.tflite import export_tflite
-from pipeline.errors import ConfigError
+from slimpipe.exporters.onnx import export_onnx
+from slimpipe.exporters.tflite import export_tflite
+from slimpipe.pipeline.errors import ConfigError
 
 MEASURED = {"accuracy": 0.75, "accuracy_runtime": "litert", "test_examples": 128, "bytes": 123,
             "gzip_bytes": 99, "sparsity": 0.5, "top1_agreement": 0.98}

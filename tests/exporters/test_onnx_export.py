@@ -1,12 +1,12 @@
 """export_onnx: checker, named dynamic-batch input, parity, atomic writes."""
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from exporters.onnx import export_onnx
-from exporters.validate import check_parity, raise_on_mismatch
-from pipeline.errors import ConfigError, ExportValidationError, StageError
+from slimpipe.exporters.onnx import export_onnx
+from slimpipe.exporters.validate import check_parity, raise_on_mismatch
+from slimpipe.pipeline.errors import ConfigError, ExportValidationError, StageError
 
 
 def test_onnx_export_checks_and_matches_keras(tiny_model, tiny_data, tmp_path):

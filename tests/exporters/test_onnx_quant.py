@@ -5,11 +5,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from benchmarks.accuracy import predict_all, top1_agreement
-from benchmarks.runtimes import open_runtime
-from exporters.onnx import export_onnx
-from exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
-from pipeline.errors import ConfigError, StageError
+from slimpipe.benchmarks.accuracy import predict_all, top1_agreement
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.exporters.onnx import export_onnx
+from slimpipe.exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
+from slimpipe.pipeline.errors import ConfigError, StageError
 from tests.conftest import make_tiny_model
 
 

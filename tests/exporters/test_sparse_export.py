@@ -1,16 +1,16 @@
 """Sparse storage: EXPERIMENTAL_SPARSITY shrinks the file; sparsity is measured from each file."""
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from benchmarks.measure import file_size
-from benchmarks.runtimes import LiteRTRuntime, open_runtime
-from benchmarks.sparsity import tflite_ops, tflite_sparse_tensors, weight_sparsity
-from exporters.onnx import export_onnx
-from exporters.tflite import export_tflite
-from exporters.validate import check_parity
-from pipeline.kerasio import clone_with_weights, save_keras
+from slimpipe.benchmarks.measure import file_size
+from slimpipe.benchmarks.runtimes import LiteRTRuntime, open_runtime
+from slimpipe.benchmarks.sparsity import tflite_ops, tflite_sparse_tensors, weight_sparsity
+from slimpipe.exporters.onnx import export_onnx
+from slimpipe.exporters.tflite import export_tflite
+from slimpipe.exporters.validate import check_parity
+from slimpipe.pipeline.kerasio import clone_with_weights, save_keras
 
 DENSE_PARAMS = 200 * 32
 
@@ -102,7 +102,7 @@ def test_xnnpack_prepare_failure_falls_back_to_builtin(tiny_model, tmp_path, mon
 
 
 def _tensor_names(path):
-    from benchmarks.sparsity import _tflite_model
+    from slimpipe.benchmarks.sparsity import _tflite_model
 
     _, model, _ = _tflite_model(path)
     graph = model.Subgraphs(0)
@@ -111,7 +111,7 @@ def _tensor_names(path):
 
 def test_strip_names_makes_a_smaller_file_with_the_same_outputs_and_measurements(
         sparse_model, tiny_data, tmp_path):
-    from benchmarks.eligibility import eligibility
+    from slimpipe.benchmarks.eligibility import eligibility
 
     named = export_tflite(sparse_model, tmp_path / "named.tflite", sparse=True)
     bare = export_tflite(sparse_model, tmp_path / "bare.tflite", sparse=True, strip_names=True)
@@ -133,7 +133,7 @@ def test_strip_names_makes_a_smaller_file_with_the_same_outputs_and_measurements
 
 
 def test_strip_names_must_be_a_bool(sparse_model, tmp_path):
-    from pipeline.errors import ConfigError
+    from slimpipe.pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strip_names must be True or False"):
         export_tflite(sparse_model, tmp_path / "x.tflite", strip_names="yes")

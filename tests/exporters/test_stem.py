@@ -5,12 +5,12 @@ rewrite cannot pass silently, and the int8 file runs as one XNNPACK graph."""
 import numpy as np
 import pytest
 
-from pipeline.errors import ExportValidationError
-from exporters import stem
-from exporters.stem import space_to_depth_stem
-from exporters.tflite import export_tflite
-from benchmarks.runtimes import open_runtime
-from benchmarks.accuracy import top1_agreement
+from slimpipe.pipeline.errors import ExportValidationError
+from slimpipe.exporters import stem
+from slimpipe.exporters.stem import space_to_depth_stem
+from slimpipe.exporters.tflite import export_tflite
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.benchmarks.accuracy import top1_agreement
 
 
 def _model(shape=(12, 12, 1), kernel=3, padding="valid", filters=6, activation="relu",

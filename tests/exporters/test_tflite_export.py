@@ -1,16 +1,16 @@
 """export_tflite: parity with Keras, atomic writes, quantized modes, argument checks."""
 import os
 
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from benchmarks.runtimes import open_runtime
-from exporters import write_bytes_atomic
-from exporters.tflite import export_tflite
-from exporters.validate import check_parity, raise_on_mismatch
-from pipeline.errors import ConfigError, ExportValidationError, StageError
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.exporters import write_bytes_atomic
+from slimpipe.exporters.tflite import export_tflite
+from slimpipe.exporters.validate import check_parity, raise_on_mismatch
+from slimpipe.pipeline.errors import ConfigError, ExportValidationError, StageError
 
 
 KERNEL_SHAPES = {(8, 3, 3, 1), (32, 200), (4, 32)}  # conv, dense, logits (TFLite layout)

@@ -3,15 +3,15 @@ import gzip
 import itertools
 import warnings
 
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 
 import numpy as np
 import pytest
 
-from benchmarks.runtimes import open_runtime
-from exporters import tflite_sparse
-from exporters.tflite import export_tflite
-from exporters.tflite_sparse import csr_layout, decode_csr, encode_csr, smallest_sparse_layout
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.exporters import tflite_sparse
+from slimpipe.exporters.tflite import export_tflite
+from slimpipe.exporters.tflite_sparse import csr_layout, decode_csr, encode_csr, smallest_sparse_layout
 
 
 def _schema():

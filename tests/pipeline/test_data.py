@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline  # noqa: F401  (legacy Keras before TensorFlow)
-from pipeline import data as data_mod
-from pipeline.data import (DATASETS, FASHION_MNIST_LABELS, IDX_FILES, load_dataset, read_idx,
+import slimpipe.pipeline  # noqa: F401  (legacy Keras before TensorFlow)
+from slimpipe.pipeline import data as data_mod
+from slimpipe.pipeline.data import (DATASETS, FASHION_MNIST_LABELS, IDX_FILES, load_dataset, read_idx,
                            stratified_subset)
-from pipeline.errors import ConfigError
+from slimpipe.pipeline.errors import ConfigError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -445,7 +445,7 @@ def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch, nam
 def test_training_pipeline_has_autotuning_off_and_visits_every_example_once_per_pass():
     """Autotuning off (its model thread stalled fit's end by up to 45 s here); shuffling and
     batching still give each example exactly once per pass, in a new order each pass."""
-    from pipeline.data import Dataset
+    from slimpipe.pipeline.data import Dataset
 
     x = np.arange(300, dtype=np.float32).reshape(300, 1)
     ds = Dataset(name="t", x_train=x, y_train=np.arange(300), x_test=x[:50], y_test=np.arange(50),

@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.gate import (CheckResult, add_gate_parser, evaluate, junit_xml, markdown_summary,
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.gate import (CheckResult, add_gate_parser, evaluate, junit_xml, markdown_summary,
                            run_gate, select_artifact, text_table)
 
 
@@ -265,8 +265,8 @@ def test_unknown_gate_key_in_recipe(report_path, tmp_path):
 
 def test_a_bad_gate_table_fails_when_the_recipe_loads(tmp_path):
     # before any training: 'slimpipe compress' loads the recipe first
-    from pipeline.recipe import load_recipe
-    from stages import STAGES
+    from slimpipe.pipeline.recipe import load_recipe
+    from slimpipe.stages import STAGES
 
     recipe = tmp_path / "r.toml"
     recipe.write_text('[[stages]]\nstage = "train"\n[gate]\nmin_accuracy = 92\n')
@@ -277,7 +277,7 @@ def test_a_bad_gate_table_fails_when_the_recipe_loads(tmp_path):
 
 
 def test_shipped_recipe_gate_table_is_used(report_path):
-    from pipeline.gate import recipe_gate
+    from slimpipe.pipeline.gate import recipe_gate
     gate = recipe_gate("default")
     assert gate["require_parity"] is True and gate["max_accuracy_drop"] == 1.0
     # the command line wins over the recipe

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from pipeline.html_report import render_html, write_html
-from pipeline.plots import plot_pareto
+from slimpipe.pipeline.html_report import render_html, write_html
+from slimpipe.pipeline.plots import plot_pareto
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -5,11 +5,11 @@ import zipfile
 import numpy as np
 import pytest
 
-import pipeline  # noqa: F401  (legacy Keras before TensorFlow)
+import slimpipe.pipeline  # noqa: F401  (legacy Keras before TensorFlow)
 import tf_keras as keras
-from pipeline.data import Dataset
-from pipeline.errors import ConfigError
-from pipeline.models import (MODELS, build_model, check_fit, load_user_model, output_is_probabilities,
+from slimpipe.pipeline.data import Dataset
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.models import (MODELS, build_model, check_fit, load_user_model, output_is_probabilities,
                              resolve_model)
 
 # Users do hand us .h5 files; tf_keras's advice to prefer .keras is noise here.

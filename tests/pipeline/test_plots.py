@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from pipeline.plots import (pareto_front, pareto_table, plot_pareto, smallest_sentence,
+from slimpipe.pipeline.plots import (pareto_front, pareto_table, plot_pareto, smallest_sentence,
                             smallest_within)
 
 PNG = b"\x89PNG\r\n\x1a\n"

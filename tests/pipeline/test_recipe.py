@@ -1,9 +1,9 @@
 """Recipe loading and validation: everything is checked before anything runs."""
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.recipe import build_recipe, load_recipe, shipped_recipes
-from stages import STAGES
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.recipe import build_recipe, load_recipe, shipped_recipes
+from slimpipe.stages import STAGES
 
 
 def recipe(*stages, **top):

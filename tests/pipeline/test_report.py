@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.report import build_report, render_markdown, write_report
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.report import build_report, render_markdown, write_report
 
 ENV = {"cpu": "test cpu", "cores": 2, "isa": ["avx2"], "gpu": [], "versions": {"tensorflow": "x"}}
 
@@ -102,7 +102,7 @@ def test_failed_parity_is_visible(run):
 
 
 def test_pareto_section_names_the_smallest_and_the_size_floor(run, tmp_path):
-    from pipeline.report import write_plots
+    from slimpipe.pipeline.report import write_plots
 
     run.measurements["pruned.sparse.tflite"]["size_floor_bytes"] = 50
     report = build_report(run, recipe="default", environment=ENV)
@@ -127,7 +127,7 @@ def _row(name, fmt, parent, p50, *, mode=None, sparsity=0.0, sparse_storage=Fals
 
 
 def test_sparse_int8_is_compared_with_dense_int8_not_with_float():
-    from pipeline.report import speed_summary, sparsity_and_speed
+    from slimpipe.pipeline.report import speed_summary, sparsity_and_speed
 
     report = {"baseline": "trained", "artifacts": [
         _row("trained", "keras", None, 1.0),
@@ -154,7 +154,7 @@ def test_sparse_int8_is_compared_with_dense_int8_not_with_float():
 
 
 def test_wrapped_keras_models_and_their_files_inherit_the_counted_macs():
-    from pipeline.report import inherit_complexity
+    from slimpipe.pipeline.report import inherit_complexity
 
     rows = [{"name": "clustered", "format": "keras", "parent": "pruned", "params": 10, "macs": 99},
             {"name": "q", "format": "keras", "parent": "clustered", "params": None, "macs": None},
@@ -167,7 +167,7 @@ def test_wrapped_keras_models_and_their_files_inherit_the_counted_macs():
 
 
 def test_a_speed_difference_without_an_eligible_layer_is_called_variation():
-    from pipeline.report import sparsity_and_speed
+    from slimpipe.pipeline.report import sparsity_and_speed
 
     pruned = _row("pruned.onnx", "onnx", "pruned", 0.05, sparsity=0.9)
     eligible = _row("pruned.sparse.tflite", "tflite", "pruned", 0.01, sparsity=0.9, sparse_storage=True)
@@ -186,7 +186,7 @@ def test_a_speed_difference_without_an_eligible_layer_is_called_variation():
 def test_x_faster_shows_the_pass_by_pass_spread(run):
     """Each interleaved pass pairs the files in time: the cell gives the lowest and highest
     per-pass ratio, and nothing where the passes are unknown."""
-    from pipeline.report import table_rows
+    from slimpipe.pipeline.report import table_rows
 
     lat = lambda row: run.measurements[row]["latency"][0]  # noqa: E731
     lat("trained.tflite")["pass_p50_ms"] = [2.0, 2.0, 3.0]

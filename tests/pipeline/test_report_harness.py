@@ -2,9 +2,9 @@
 against float on this CPU (computed from the measurements), and the from-scratch control."""
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.report import build_report, isa_summary, render_markdown
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.report import build_report, isa_summary, render_markdown
 
 
 def _lat(p50, engine="xnnpack"):

@@ -4,9 +4,9 @@ from typing import ClassVar
 
 import pytest
 
-from pipeline.errors import ConfigError, StageError
-from pipeline.recipe import Recipe, Step
-from pipeline.runner import run_recipe, save_source
+from slimpipe.pipeline.errors import ConfigError, StageError
+from slimpipe.pipeline.recipe import Recipe, Step
+from slimpipe.pipeline.runner import run_recipe, save_source
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Double:
     label: str = "doubled"
 
     def run(self, art, ctx):
-        from pipeline.kerasio import clone_with_weights
+        from slimpipe.pipeline.kerasio import clone_with_weights
         model = clone_with_weights(ctx.keras_model(art))
         model.set_weights([w * 2 for w in model.get_weights()])
         return [ctx.save_model(self, model, self.label, parent=art, kind="keras")]
@@ -103,7 +103,7 @@ def test_recipe_slicing_keeps_order(ctx):
 
 
 def _fresh(ctx):
-    from pipeline.context import RunContext
+    from slimpipe.pipeline.context import RunContext
     return RunContext(data=ctx.data, out_dir=ctx.out_dir, model_name="tiny")
 
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.html_report import render_html
-from pipeline.report import build_report, render_markdown, table_rows
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.html_report import render_html
+from slimpipe.pipeline.report import build_report, render_markdown, table_rows
 
 ENV = {"cpu": "test cpu", "cores": 2, "isa": ["avx2"], "gpu": [], "versions": {"tensorflow": "x"}}
 

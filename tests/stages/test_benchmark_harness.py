@@ -4,13 +4,13 @@ import os
 
 import pytest
 
-from benchmarks.complexity import keras_complexity
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.kerasio import save_keras
-from pipeline.report import build_report, render_markdown
-from stages.benchmark import Benchmark, latency_devices
-from stages.export import Export
+from slimpipe.benchmarks.complexity import keras_complexity
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.kerasio import save_keras
+from slimpipe.pipeline.report import build_report, render_markdown
+from slimpipe.stages.benchmark import Benchmark, latency_devices
+from slimpipe.stages.export import Export
 from tests.conftest import make_tiny_model
 
 FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0, "accuracy_limit": 32, "sparse_kernels": False}

@@ -3,13 +3,13 @@ A/B with LiteRT's builtin kernels, and the CSR reference on its Keras weights, i
 import numpy as np
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError
-from pipeline.kerasio import clone_with_weights, save_keras
-from pipeline.report import build_report, render_markdown
-from stages.benchmark import Benchmark
-from stages.export import Export
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import clone_with_weights, save_keras
+from slimpipe.pipeline.report import build_report, render_markdown
+from slimpipe.stages.benchmark import Benchmark
+from slimpipe.stages.export import Export
 from tests.conftest import make_tiny_model
 
 FAST = {"latency": ((1, 1),), "warmup": 1, "min_runs": 3, "min_seconds": 0.0, "accuracy_limit": 32}

@@ -7,14 +7,14 @@ import zipfile
 
 import pytest
 
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError
-from pipeline.recipe import Recipe, Step, build_recipe
-from pipeline.runner import run_recipe, save_source
-from stages import STAGES
-from stages.benchmark import Benchmark
-from stages.bundle import Bundle
-from stages.export import Export
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.recipe import Recipe, Step, build_recipe
+from slimpipe.pipeline.runner import run_recipe, save_source
+from slimpipe.stages import STAGES
+from slimpipe.stages.benchmark import Benchmark
+from slimpipe.stages.bundle import Bundle
+from slimpipe.stages.export import Export
 from tests.conftest import make_tiny_model
 
 QUICK_BENCH = Benchmark(latency=((1, 1),), warmup=1, min_runs=2, min_seconds=0.0,

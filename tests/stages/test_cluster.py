@@ -3,12 +3,12 @@ the input model is never modified, and bad parameters fail before any work."""
 import numpy as np
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError
-from pipeline.kerasio import clone_with_weights, load_keras, save_keras
-from stages.cluster import Cluster
-from stages.train import Train
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import clone_with_weights, load_keras, save_keras
+from slimpipe.stages.cluster import Cluster
+from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
 KERNELS = ("conv", "dense", "logits")

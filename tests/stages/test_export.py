@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError
-from pipeline.kerasio import save_keras
-from stages.export import Export
-from stages.train import Train
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import save_keras
+from slimpipe.stages.export import Export
+from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
 
@@ -68,7 +68,7 @@ def test_onnx_int8_files_hold_int8_weights_and_agree_with_keras(trained, tmp_pat
 
 
 def test_sparse_model_also_gets_sparse_tflite_storage(trained, tmp_path, tiny_data):
-    from pipeline.kerasio import clone_with_weights, load_keras
+    from slimpipe.pipeline.kerasio import clone_with_weights, load_keras
 
     model = clone_with_weights(load_keras(trained.path))
     layer = model.get_layer("dense")

@@ -5,14 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-import pipeline  # noqa: F401
-from pipeline.artifacts import make_artifact
-from pipeline.errors import ConfigError
-from pipeline.kerasio import save_keras
-from stages import _fit
-from stages._fit import _distillation, _teacher_logits as teacher_logits, fit
-from stages.prune import Prune
-from stages.train import Train
+import slimpipe.pipeline  # noqa: F401
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import save_keras
+from slimpipe.stages import _fit
+from slimpipe.stages._fit import _distillation, _teacher_logits as teacher_logits, fit
+from slimpipe.stages.prune import Prune
+from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
 
@@ -49,7 +49,7 @@ def test_distill_needs_a_baseline_teacher(ctx):
                                            ({"temperature": 0}, "temperature must be a number > 0"),
                                            ({"lr_decay": "linear"}, "lr_decay must be one of")])
 def test_bad_fine_tuning_parameters(stage, kwargs, match):
-    from stages import STAGES
+    from slimpipe.stages import STAGES
 
     with pytest.raises(ConfigError, match=match):
         STAGES[stage](**kwargs)
@@ -83,8 +83,8 @@ def test_every_epoch_is_exactly_one_pass_over_the_training_set(tmp_path):
     that always predicts class 0 scores exactly the share of class 0 in every epoch."""
     import tf_keras as keras
 
-    from pipeline.context import RunContext
-    from pipeline.data import Dataset
+    from slimpipe.pipeline.context import RunContext
+    from slimpipe.pipeline.data import Dataset
 
     x = np.zeros((10, 2, 2, 1), np.float32)
     y = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1], np.int64)  # 30% class 0; 10 = 4 + 4 + 2
@@ -140,7 +140,7 @@ def test_dropout_override_holds_only_while_fitting(ctx, monkeypatch, dropout, de
 @pytest.mark.parametrize("stage", ["prune", "cluster", "quantize", "structured_prune"])
 @pytest.mark.parametrize("value", [1.0, -0.1, "0", True])
 def test_bad_dropout_is_a_config_error(stage, value):
-    from stages import STAGES
+    from slimpipe.stages import STAGES
 
     with pytest.raises(ConfigError, match=r"dropout must be a rate in \[0, 1\)"):
         STAGES[stage](dropout=value)

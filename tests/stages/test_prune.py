@@ -5,12 +5,12 @@ import pytest
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError
-from pipeline.kerasio import load_keras, save_keras
-from stages.prune import Prune
-from stages.train import Train
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import load_keras, save_keras
+from slimpipe.stages.prune import Prune
+from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
 KERNELS = ("conv", "dense", "logits")

@@ -5,13 +5,13 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 import tf_keras as keras
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.data import Dataset
-from pipeline.errors import ConfigError
-from pipeline.kerasio import load_keras, save_keras
-from pipeline.models import build_model
-from stages.prune import Prune
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.data import Dataset
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import load_keras, save_keras
+from slimpipe.pipeline.models import build_model
+from slimpipe.stages.prune import Prune
 from tests.conftest import make_tiny_model
 
 

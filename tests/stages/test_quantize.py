@@ -4,15 +4,15 @@ never modified, and unsupported input fails with a ConfigError naming the layer.
 import numpy as np
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError, ExportValidationError
-from pipeline.kerasio import clone_with_weights, load_keras, save_keras
-from benchmarks.runtimes import open_runtime
-from benchmarks.accuracy import top1_agreement
-from stages.cluster import Cluster
-from stages.quantize import Quantize, tflite_weight_tensors
-from stages.train import Train
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError, ExportValidationError
+from slimpipe.pipeline.kerasio import clone_with_weights, load_keras, save_keras
+from slimpipe.benchmarks.runtimes import open_runtime
+from slimpipe.benchmarks.accuracy import top1_agreement
+from slimpipe.stages.cluster import Cluster
+from slimpipe.stages.quantize import Quantize, tflite_weight_tensors
+from slimpipe.stages.train import Train
 from tests.conftest import TINY_SHAPE, make_tiny_model
 
 # Dynamic-range quantization leaves tensors under 1024 values in float (TFLite's threshold):
@@ -301,7 +301,7 @@ def test_per_tensor_qat_modes_have_one_scale_per_kernel(ctx, trained, mode):
 
 
 def test_space_to_depth_stem_file_counts_its_own_macs_and_agrees_with_the_model(ctx, trained):
-    from benchmarks.complexity import keras_complexity
+    from slimpipe.benchmarks.complexity import keras_complexity
 
     source = ctx.keras_model(trained)
     before = weights_of(source)

@@ -4,12 +4,12 @@ import pytest
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 from tests.conftest import make_tiny_model
-from pipeline.artifacts import make_artifact
-from pipeline.context import RunContext
-from pipeline.errors import ConfigError
-from pipeline.kerasio import load_keras, save_keras
-from stages.prune import Prune
-from stages.strip import Strip
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import load_keras, save_keras
+from slimpipe.stages.prune import Prune
+from slimpipe.stages.strip import Strip
 
 
 @pytest.fixture(autouse=True)

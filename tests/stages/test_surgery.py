@@ -7,12 +7,12 @@ depthwise kernel and bias), up to float summation order.
 import numpy as np
 import pytest
 
-import pipeline  # noqa: F401
+import slimpipe.pipeline  # noqa: F401
 import tf_keras as keras
 
-from benchmarks.complexity import keras_complexity
-from pipeline.errors import ConfigError
-from stages._surgery import (analyze_groups, channel_scores, complexity_model, prune_channels,
+from slimpipe.benchmarks.complexity import keras_complexity
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.stages._surgery import (analyze_groups, channel_scores, complexity_model, prune_channels,
                              prunable_groups, select_channels)
 
 L = keras.layers
@@ -236,8 +236,8 @@ def speed_recipe_shape(model, cost_exponent=None, floors=True):
     rounding and (unless floors=False) max_layer_reduction floors."""
     import math
 
-    from pipeline.recipe import load_recipe
-    from stages import STAGES
+    from slimpipe.pipeline.recipe import load_recipe
+    from slimpipe.stages import STAGES
 
     stage = next(s.stage for s in load_recipe("speed", STAGES) if s.stage.name == "structured_prune")
     groups = prunable_groups(model)
@@ -257,7 +257,7 @@ def test_speed_recipe_ranking_cuts_the_wide_map_convs_of_the_cnn():
     """The speed recipe's cost-aware ranking spends its MAC budget on conv1 and conv2 (26x26 and
     11x11 maps) and keeps conv3 and fc1 whole: few MACs, most of the weights. The plain ranking
     at the same budget cuts every layer."""
-    from pipeline.models import build_model
+    from slimpipe.pipeline.models import build_model
 
     model = randomize(build_model("cnn", (28, 28, 1), 10))
     aware = speed_recipe_shape(model)
@@ -271,7 +271,7 @@ def test_speed_recipe_keeps_a_quarter_of_every_vgg16_layer():
     """Without a floor the cost-aware ranking collapses layers of a conv chain to min_channels
     (VGG16 x0.25: block4_conv2 128 -> 8 next to two whole layers): one side of each pair of
     layers loses what the other keeps."""
-    from pipeline.models import build_model
+    from slimpipe.pipeline.models import build_model
 
     model = randomize(build_model("vgg16", (28, 28, 1), 10, width=0.25))
     shape = speed_recipe_shape(model)
@@ -285,9 +285,9 @@ def test_structured_prune_floors_hold_against_the_original_width_over_rounds(ctx
     """max_layer_reduction = 0.5 over 2 rounds: every layer keeps half of its *original* channels
     (floors taken per round would allow a quarter), the unreachable MAC target is noted, and the
     input model is left alone."""
-    from pipeline.artifacts import make_artifact
-    from pipeline.kerasio import save_keras
-    from stages.structured_prune import StructuredPrune
+    from slimpipe.pipeline.artifacts import make_artifact
+    from slimpipe.pipeline.kerasio import save_keras
+    from slimpipe.stages.structured_prune import StructuredPrune
     from tests.conftest import make_tiny_model
 
     src = make_tiny_model()

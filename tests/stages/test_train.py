@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from pipeline.artifacts import make_artifact
-from pipeline.errors import ConfigError
-from pipeline.kerasio import load_keras, save_keras
-from stages.train import Train
+from slimpipe.pipeline.artifacts import make_artifact
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.kerasio import load_keras, save_keras
+from slimpipe.stages.train import Train
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +91,7 @@ def test_loss_matches_the_output_layer():
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from stages._fit import output_is_probabilities
+    from slimpipe.stages._fit import output_is_probabilities
 
     def model(*tail):
         return keras.Sequential([keras.layers.Input((3,)), *tail])
@@ -104,7 +104,7 @@ def test_loss_matches_the_output_layer():
 
 
 def test_cosine_decay_anneals_the_learning_rate_to_zero(ctx, tiny_model):
-    from stages._fit import fit, steps_per_epoch
+    from slimpipe.stages._fit import fit, steps_per_epoch
 
     model = tiny_model
     fit(model, ctx, epochs=2, batch_size=64, learning_rate=1e-3, lr_decay="cosine")
