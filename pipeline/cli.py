@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml file")
     c.add_argument("--out", default=None, help="output folder (default: runs/MODEL-DATASET)")
     c.add_argument("--epochs", type=int, default=None, help="override the train stage's epochs")
+    c.add_argument("--set", action="append", default=[], metavar="STAGE.PARAM=VALUE",
+                   help="override a parameter of every step of a stage type, e.g. --set prune.epochs=2 "
+                   "(repeatable; VALUE is a TOML value)")
     c.add_argument("--limit", type=int, default=None, help="use at most N training examples")
     c.add_argument("--width", type=float, default=1.0, help="width multiplier for built-in models")
     c.add_argument("--seed", type=int, default=0)
@@ -115,7 +118,7 @@ def _compress(args) -> int:
     from slimpipe.pipeline.data import load_dataset
     from slimpipe.pipeline.html_report import write_html
     from slimpipe.pipeline.models import check_fit, resolve_model
-    from slimpipe.pipeline.recipe import load_recipe
+    from slimpipe.pipeline.recipe import check_fits_model, load_recipe, parse_overrides
     from slimpipe.pipeline.report import build_report, write_plots, write_report
     from slimpipe.pipeline.runner import run_recipe, save_source
     from slimpipe.stages import STAGES
@@ -126,7 +129,9 @@ def _compress(args) -> int:
         raise ConfigError(f"--limit must be >= 1. Received: --limit {args.limit}")
     if not args.width > 0:
         raise ConfigError(f"--width must be > 0. Received: --width {args.width}")
-    overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
+    overrides = parse_overrides(args.set, STAGES)
+    if args.epochs is not None:
+        overrides.setdefault("train", {})["epochs"] = args.epochs
     # Everything that can be checked is checked before any output is written.
     recipe = load_recipe(args.recipe, STAGES, overrides=overrides)
     data = load_dataset(args.dataset, limit=args.limit, data_dir=args.data_dir, seed=args.seed)
@@ -134,6 +139,8 @@ def _compress(args) -> int:
                                    num_classes=data.num_classes, width=args.width,
                                    seed=args.seed, allow_unsafe=args.allow_unsafe_model)
     check_fit(model, data)
+    for text in check_fits_model(recipe, model, data):
+        print(f"[slimpipe] note: {text}")
 
     out = Path(args.out) if args.out else default_out(args.model, args.dataset)
     keep = {f"{i:02d}-{step.name}" for i, step in enumerate(recipe, 1)} | {"00-source"}

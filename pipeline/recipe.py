@@ -142,6 +142,30 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
     return recipe
 
 
+def parse_overrides(items, registry: Mapping[str, type]) -> dict[str, dict[str, Any]]:
+    """`--set STAGE.PARAM=VALUE` strings as {stage type: {param: value}} (VALUE is read as a TOML
+    value: 1, 0.5, true, "text", [1, 2]; anything else as a string)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        kind, dot, param = key.strip().partition(".")
+        if not sep or not dot or not param:
+            raise ConfigError(f"--set expects STAGE.PARAM=VALUE, e.g. prune.epochs=2. Received: {item!r}")
+        if kind not in registry:
+            raise ConfigError(f"--set {item!r}: unknown stage {kind!r}; known stages: "
+                              f"{', '.join(registry)}.{_suggest(kind, registry)}")
+        fields = {f.name for f in dataclasses.fields(registry[kind]) if f.init}
+        if param not in fields:
+            raise ConfigError(f"--set {item!r}: stage {kind!r} has no parameter {param!r}; known: "
+                              f"{', '.join(sorted(fields))}.{_suggest(param, fields)}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out.setdefault(kind, {})[param] = value
+    return out
+
+
 def _build_step(index: int, entry: dict[str, Any], registry, overrides) -> Step:
     kind = entry.pop("stage", None)
     if kind is None:
@@ -171,6 +195,27 @@ def _build_step(index: int, entry: dict[str, Any], registry, overrides) -> Step:
 
 def _tuplify(value: list) -> list:
     return [tuple(_tuplify(v)) if isinstance(v, list) else v for v in value]
+
+
+def check_fits_model(recipe: Recipe, model, data) -> list[str]:
+    """Check everything each step says about layers (names, rules that select nothing, a block
+    shape a layer cannot take, layers a quantizer does not support, ...) against the model and
+    data the run starts from, before any step runs: training never starts on a recipe that would
+    fail later for a reason knowable now. A stage opts in with `check(model, data)`, which
+    raises a ConfigError or returns notes (what the step will do differently than asked, e.g. a
+    layer left float); the notes come back, prefixed with the step's name.
+    """
+    notes = []
+    for i, step in enumerate(recipe.steps, 1):
+        check = getattr(step.stage, "check", None)
+        if check is None:
+            continue
+        try:
+            notes += [f"step {i} '{step.name}': {text}" for text in check(model, data) or ()]
+        except ConfigError as exc:
+            raise ConfigError(f"recipe '{recipe.name}' step {i} '{step.name}' does not fit model "
+                              f"{getattr(model, 'name', '?')!r} (checked before anything ran): {exc}") from None
+    return notes
 
 
 def check_chain(recipe: Recipe, start_kind: str = "keras") -> None:

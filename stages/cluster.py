@@ -9,6 +9,7 @@ import numpy as np
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
+from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
 from slimpipe.pipeline.stage import check_choice, check_count, require
 from slimpipe.stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
@@ -48,8 +49,7 @@ class Cluster:
 
     def __post_init__(self):
         n = self.name
-        if isinstance(self.layers, list):  # recipes arrive as TOML/JSON lists
-            object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "layers", selector_tuple(n, "layers", self.layers))
         require(isinstance(self.preserve_sparsity, bool), n,
                 f"preserve_sparsity must be true or false. Received: preserve_sparsity={self.preserve_sparsity!r}")
         # tfmot needs one centroid besides the zero one when it preserves sparsity.
@@ -63,8 +63,6 @@ class Cluster:
         require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
                 and self.learning_rate > 0, n,
                 f"learning_rate must be a number > 0 (e.g. 1e-5). Received: learning_rate={self.learning_rate!r}")
-        require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
-                f"layers must be a list of layer names. Received: layers={self.layers!r}")
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         import tensorflow_model_optimization as tfmot
@@ -74,6 +72,11 @@ class Cluster:
         clustering = tfmot.clustering.keras
         source = ctx.keras_model(art)
         targets = self._targets(source)
+        sparse = [layer.name for layer in source.layers if layer.name in targets and self._too_few(layer)]
+        if sparse:
+            targets -= set(sparse)
+            ctx.note(f"cluster: {', '.join(sparse)} kept as they are: too few non-zero weights for "
+                     f"k-means++ to find clusters={self.clusters} values (they hold few distinct values already)")
         params = {"number_of_clusters": self.clusters,
                   "cluster_centroids_init": getattr(clustering.CentroidInitialization, self.init.upper()),
                   "preserve_sparsity": self.preserve_sparsity}
@@ -105,16 +108,37 @@ class Cluster:
         meta = {"clusters": self.clusters, "layers": layers, "unclustered": skipped}
         return [ctx.save_model(self, model, "clustered", parent=art, kind="keras", meta=meta)]
 
+    def check(self, model, data) -> None:
+        """The layers to cluster, before anything trains."""
+        self._targets(model)
+
     def _targets(self, model) -> set[str]:
-        clusterable = [layer.name for layer in model.layers if _clusterable(layer)]
-        unknown = [name for name in self.layers if name not in clusterable]
-        if unknown or not clusterable:
-            what = (f"layers={list(self.layers)!r} names {unknown!r}" if unknown
-                    else "the model has none")
-            raise ConfigError(f"stage 'cluster': expected names of clusterable layers with kernels "
-                              f"({', '.join(clusterable) or 'none'}); {what}: "
-                              "list only those layers, or leave layers empty to cluster them all")
-        return set(self.layers or clusterable)
+        infos = {i.name: i for i in layer_infos(model)}
+        clusterable = [infos[layer.name] for layer in model.layers if _clusterable(layer)]
+        if not clusterable:
+            raise ConfigError("stage 'cluster': the model has no layer with weights tfmot can cluster "
+                              "(Conv, Dense, ...): use another model or drop the cluster step")
+        return set(select(self.layers, clusterable, stage=self.name, field="layers"))
+
+
+    def _too_few(self, layer) -> bool:
+        """Whether tfmot's k-means++ initialization would fail on the layer's kernel: it samples
+        its centroids from the weights (with preserve_sparsity, clusters - 1 of them split between
+        the negative and the positive weights in proportion), so it needs that many to sample."""
+        if self.init != "kmeans_plus_plus":
+            return False
+        kernel = next((getattr(layer, a) for a in ("kernel", "depthwise_kernel", "pointwise_kernel")
+                       if getattr(layer, a, None) is not None), None)
+        if kernel is None:
+            return False
+        w = np.asarray(kernel.numpy()).ravel()
+        if not self.preserve_sparsity:
+            return w.size < self.clusters
+        negative, positive = int(np.sum(w < 0)), int(np.sum(w > 0))
+        if negative + positive == 0:
+            return False
+        wanted = int(np.round((self.clusters - 1) * negative / (negative + positive)))
+        return wanted > negative or self.clusters - 1 - wanted > positive
 
 
 def _clusterable(layer) -> bool:

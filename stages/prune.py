@@ -1,6 +1,7 @@
 """The prune stage: magnitude pruning with fine-tuning (tfmot's prune_low_magnitude)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,10 +10,19 @@ import numpy as np
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
+from slimpipe.pipeline.layer_select import layer_infos, select, select_mapping, selector_pairs, selector_tuple
 from slimpipe.pipeline.stage import check_count, check_fraction, require
 from slimpipe.stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    targets: tuple[str, ...]  # the layers to prune, in model order
+    finals: dict  # layer -> its own final sparsity (layer_sparsity)
+    blocks: dict  # layer -> its own block shape (layer_block_size)
+    notes: tuple[str, ...]
 POLICIES = ("xnnpack",)  # tfmot's PruneForLatencyOnXNNPack
 WARN_GAP = 0.05  # achieved sparsity this far below the target gets a note in the report
 
@@ -31,9 +41,13 @@ class Prune:
     every 4 consecutive input-channel weights, and then the schedule's sparsities are unused.
     `distill=0.5` fine-tunes against the run's dense baseline as a teacher too (see
     `stages._fit.fit`); `dropout=0.0` fine-tunes with the model's Dropout layers off (a heavily
-    pruned student underfits; the saved model keeps its rates). `layer_sparsity={"fc1": 0.95}` gives listed layers their own final sparsity (the big dense
-    layer of a CNN usually takes far more pruning than its convs).
-    `layer_block_size={"fc1": (16, 1)}` gives listed Dense layers their own block shape: (16, 1)
+    pruned student underfits; the saved model keeps its rates).
+    `layers` picks the layers to prune with selectors (`pipeline.layer_select`: names, regular
+    expressions or rules such as `("!@input", "!@output")`, every layer but the stem and the
+    logits); empty prunes every prunable layer. `layer_sparsity={"@share:0.5": 0.95}` gives the
+    selected layers their own final sparsity (here the largest layers holding half the weights:
+    the big dense layer of a CNN usually takes far more pruning than its convs).
+    `layer_block_size={"fc1": (16, 1)}` gives selected Dense layers their own block shape: (16, 1)
     zeroes runs of 16 consecutive inputs of one output, the 1x16 blocks TFLite's converter stores
     int8 FULLY_CONNECTED weights in (one index per block instead of one per weight).
     `pruning_policy="xnnpack"` applies tfmot's `PruneForLatencyOnXNNPack`: it checks that the model
@@ -69,26 +83,16 @@ class Prune:
 
     def __post_init__(self):
         n = self.name
-        if isinstance(self.layer_sparsity, dict):  # a TOML inline table {fc1 = 0.95}
-            object.__setattr__(self, "layer_sparsity", tuple(sorted(self.layer_sparsity.items())))
-        require(isinstance(self.layer_sparsity, tuple) and all(
-            isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) for e in self.layer_sparsity), n,
-            f"layer_sparsity must map layer names to sparsities, e.g. {{fc1 = 0.95}}. "
-            f"Received: layer_sparsity={self.layer_sparsity!r}")
+        _normalize_selectors(self, n)
         for layer, value in self.layer_sparsity:
             check_fraction(n, f"layer_sparsity[{layer!r}]", value)
             require(value >= self.initial_sparsity, n, f"layer_sparsity[{layer!r}] must be >= initial_sparsity="
                     f"{self.initial_sparsity}. Received: {value!r}")
-        if isinstance(self.layer_block_size, dict):  # {fc1 = [16, 1]}
-            object.__setattr__(self, "layer_block_size", tuple(sorted(
-                (k, tuple(v) if isinstance(v, list) else v) for k, v in self.layer_block_size.items())))
-        require(isinstance(self.layer_block_size, tuple) and all(
-            isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) and _int_pair(e[1]) and min(e[1]) >= 1
-            for e in self.layer_block_size), n,
-            "layer_block_size must map layer names to two integers >= 1, e.g. {fc1 = [16, 1]}. "
-            f"Received: layer_block_size={self.layer_block_size!r}")
+        require(all(_int_pair(block) and min(block) >= 1 for _, block in self.layer_block_size), n,
+                "layer_block_size must map layer selectors to two integers >= 1, e.g. {fc1 = [16, 1]}. "
+                f"Received: layer_block_size={self.layer_block_size!r}")
         # Recipes arrive as TOML/JSON lists; tuples keep the dataclass hashable and frozen.
-        for f in ("block_size", "sparsity_m_by_n", "layers"):
+        for f in ("block_size", "sparsity_m_by_n"):
             if isinstance(getattr(self, f), list):
                 object.__setattr__(self, f, tuple(getattr(self, f)))
         require(self.schedule in SCHEDULES, n, f"schedule must be 'polynomial' or 'constant'. "
@@ -123,25 +127,44 @@ class Prune:
                 "use either block_size/layer_block_size or sparsity_m_by_n, not both. Received: "
                 f"block_size={self.block_size!r}, layer_block_size={dict(self.layer_block_size)!r}, "
                 f"sparsity_m_by_n={mn!r}")
-        require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
-                f"layers must be a list of layer names. Received: layers={self.layers!r}")
         require(self.pruning_policy is None or self.pruning_policy in POLICIES, n,
                 f"pruning_policy must be one of {', '.join(map(repr, POLICIES))} or unset. "
                 f"Received: pruning_policy={self.pruning_policy!r}")
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         import tensorflow_model_optimization as tfmot
-        import tf_keras as keras
-        from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
-            collect_prunable_layers)
 
         source = ctx.keras_model(art)
-        targets = self._targets(source, ctx)
+        plan = self._plan(source)
+        for text in plan.notes:
+            ctx.note(text)
         steps = self.epochs * steps_per_epoch(ctx, self.batch_size)
         end_step, frequency = self._window(steps)
+        model = self._wrap(source, plan, end_step, frequency)
+        meta = {"frequency": frequency, "end_step": end_step, "steps": steps}
+        if plan.targets:
+            fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], lr_decay=self.lr_decay,
+                distill=self.distill, temperature=self.temperature, dropout=self.dropout)
+        target, achieved, per_layer = self._sparsity(model, plan)
+        if achieved < target - WARN_GAP:
+            ctx.note(f"prune: achieved sparsity {achieved:.3f} is below the target {target:.3f} "
+                     f"({steps} fine-tune steps, masks updated every {frequency} steps up to step "
+                     f"{end_step}); raise epochs or lower frequency"
+                     + (", and note that m:n pruning needs >= n input channels per layer"
+                        if self.sparsity_m_by_n else ""))
+        meta.update(target_sparsity=round(target, 4), achieved_sparsity=round(achieved, 4), layers=per_layer)
+        if plan.blocks:
+            meta["block_sizes"] = {name: list(block) for name, block in plan.blocks.items()}
+        return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
+
+    def _wrap(self, source, plan: _Plan, end_step: int, frequency: int):
+        """A private copy of `source` with the planned layers wrapped for pruning
+        (prune_low_magnitude wraps the very layer objects it is given)."""
+        import tensorflow_model_optimization as tfmot
+        import tf_keras as keras
+
         sched = tfmot.sparsity.keras
-        finals = dict(self.layer_sparsity)
-        blocks = dict(self.layer_block_size)
 
         def schedule(final):
             if self.schedule == "polynomial":
@@ -150,72 +173,67 @@ class Prune:
             return sched.ConstantSparsity(final, self.begin_step, end_step, frequency)
 
         def wrap(layer):
-            if layer.name not in targets:
+            if layer.name not in plan.targets:
                 return layer
             return sched.prune_low_magnitude(
-                layer, pruning_schedule=schedule(finals.get(layer.name, self.final_sparsity)),
-                block_size=blocks.get(layer.name, self.block_size), sparsity_m_by_n=self.sparsity_m_by_n)
+                layer, pruning_schedule=schedule(plan.finals.get(layer.name, self.final_sparsity)),
+                block_size=plan.blocks.get(layer.name, self.block_size), sparsity_m_by_n=self.sparsity_m_by_n)
 
-        # Wrap a private copy: prune_low_magnitude wraps the very layer objects it is given.
         with tfmot_scope():
-            model = keras.models.clone_model(clone_with_weights(source), clone_function=wrap)
-        fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, callbacks=[sched.UpdatePruningStep()], lr_decay=self.lr_decay,
-            distill=self.distill, temperature=self.temperature, dropout=self.dropout)
+            return keras.models.clone_model(clone_with_weights(source), clone_function=wrap)
 
-        achieved, per_layer = _pruned_sparsity(collect_prunable_layers(model))
+    def _sparsity(self, model, plan: _Plan) -> tuple[float, float, dict[str, float]]:
+        """(target, achieved, per layer): the sparsity asked for (the weighted mean of the layers'
+        targets) and the zeros measured in the pruned weights."""
+        from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+            collect_prunable_layers)
+
+        wrappers = collect_prunable_layers(model)
+        achieved, per_layer = _pruned_sparsity(wrappers)
         if self.sparsity_m_by_n:
-            target = self.sparsity_m_by_n[0] / self.sparsity_m_by_n[1]
-        else:  # the weighted mean of the layers' targets
-            sizes = {w.layer.name: sum(int(np.size(v)) for v, _m, _t in w.pruning_vars)
-                     for w in collect_prunable_layers(model)}
-            target = sum(n * finals.get(name, self.final_sparsity) for name, n in sizes.items()) / max(
-                sum(sizes.values()), 1)
-        if achieved < target - WARN_GAP:
-            ctx.note(f"prune: achieved sparsity {achieved:.3f} is below the target {target:.3f} "
-                     f"({steps} fine-tune steps, masks updated every {frequency} steps up to step "
-                     f"{end_step}); raise epochs or lower frequency"
-                     + (", and note that m:n pruning needs >= n input channels per layer"
-                        if self.sparsity_m_by_n else ""))
-        meta = {"target_sparsity": round(target, 4), "achieved_sparsity": round(achieved, 4),
-                "layers": per_layer, "frequency": frequency, "end_step": end_step, "steps": steps}
-        if blocks:
-            meta["block_sizes"] = {name: list(block) for name, block in blocks.items()}
-        return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
+            return self.sparsity_m_by_n[0] / self.sparsity_m_by_n[1], achieved, per_layer
+        sizes = {w.layer.name: sum(int(np.size(v)) for v, _m, _t in w.pruning_vars) for w in wrappers}
+        target = sum(n * plan.finals.get(name, self.final_sparsity) for name, n in sizes.items())
+        return target / max(sum(sizes.values()), 1), achieved, per_layer
 
-    def _targets(self, model, ctx) -> set[str]:
-        allowed = _policy_filter(self.pruning_policy, model)
-        blocks = dict(self.layer_block_size)
+    def check(self, model, data) -> list[str]:
+        """Everything knowable before training: the layers, their blocks, the pruning window."""
+        plan = self._plan(model)
+        self._window(self.epochs * math.ceil(len(data.y_train) / self.batch_size))
+        return list(plan.notes)
+
+    def _plan(self, model) -> _Plan:
+        """Which layers to prune, each one's final sparsity and block, and notes for the report."""
+        allowed, policy_note = _policy_filter(self.pruning_policy, model)
+        if policy_note:
+            return _Plan((), {}, {}, (policy_note,))
         by_name = {layer.name: layer for layer in model.layers}
+        infos = {i.name: i for i in layer_infos(model)}
+        base = [infos[layer.name] for layer in model.layers if _prunable(layer, (1, 1)) and allowed(layer)]
+        blocks = select_mapping(self.layer_block_size, base, stage=self.name, field="layer_block_size")
         for name, block in blocks.items():
-            layer = by_name.get(name)
-            if layer is not None and _prunable(layer, (1, 1)) and not _prunable(layer, block):
-                shape = tuple(layer.kernel.shape) if hasattr(layer, "kernel") else None
+            if not _prunable(by_name[name], block):
+                shape = tuple(by_name[name].kernel.shape) if hasattr(by_name[name], "kernel") else None
                 raise ConfigError(f"stage 'prune': layer_block_size gives {name!r} block {block}, but tfmot's "
                                   f"block sparsity needs a 2-D kernel larger than the block in each dimension "
                                   f"and {name!r} has kernel shape {shape}: give the block to a Dense layer, "
                                   "or a smaller block")
-        prunable = [layer.name for layer in model.layers
-                    if _prunable(layer, blocks.get(layer.name, self.block_size)) and allowed(layer)]
-        unknown = [name for name in self.layers if name not in prunable]
-        if unknown or not prunable:
+        prunable = [i for i in base if _prunable(by_name[i.name], blocks.get(i.name, self.block_size))]
+        if not prunable:
             block = "" if self.block_size == (1, 1) else f" with block_size={self.block_size}"
-            raise ConfigError(f"stage 'prune': expected names of prunable layers{block} "
-                              f"({', '.join(prunable) or 'none'}); received layers={list(self.layers)!r}: "
-                              "list only those layers, or leave layers empty to prune them all")
-        left = [layer.name for layer in model.layers if layer.name not in prunable
-                and _prunable(layer, (1, 1)) and allowed(layer) and not self.layers]
+            raise ConfigError(f"stage 'prune': the model has no layer tfmot can prune{block} (candidates: "
+                              f"{', '.join(i.name for i in base) or 'none'}): use another model or block_size")
+        targets = select(self.layers, prunable, stage=self.name, field="layers")
+        chosen = [i for i in prunable if i.name in targets]
+        notes = []
+        left = [i.name for i in base if i not in prunable and not self.layers]
         if left:
-            ctx.note(f"prune: block_size={self.block_size} left {', '.join(left)} dense: "
-                     "tfmot's block sparsity needs 2-D kernels larger than the block")
-        targets = set(self.layers or prunable)
-        for option, entries in (("layer_sparsity", self.layer_sparsity),
-                                ("layer_block_size", self.layer_block_size)):
-            stray = [name for name, _ in entries if name not in targets]
-            if stray:
-                raise ConfigError(f"stage 'prune': {option} names {stray!r}, which this stage does not "
-                                  f"prune; expected some of {', '.join(sorted(targets))}: fix the names")
-        return targets
+            notes.append(f"prune: block_size={self.block_size} left {', '.join(left)} dense: "
+                         "tfmot's block sparsity needs 2-D kernels larger than the block")
+        finals = select_mapping(self.layer_sparsity, chosen, stage=self.name, field="layer_sparsity")
+        blocks = {k: v for k, v in select_mapping(self.layer_block_size, chosen, stage=self.name,
+                                                  field="layer_block_size").items()}
+        return _Plan(tuple(targets), finals, blocks, tuple(notes))
 
     def _window(self, steps: int) -> tuple[int, int]:
         """The last mask-update step and the update interval, checked against the data."""
@@ -246,20 +264,31 @@ def _pruned_sparsity(wrappers) -> tuple[float, dict[str, float]]:
 
 
 def _policy_filter(policy: str | None, model):
-    """tfmot's pruning policy as a layer filter, after its whole-model check (what
-    prune_low_magnitude(model, pruning_policy=...) does, kept per layer for layer_sparsity)."""
+    """tfmot's pruning policy as a layer filter after its whole-model check (what
+    prune_low_magnitude(model, pruning_policy=...) does, kept per layer for layer_sparsity), and a
+    note when the model fails that check: then no layer qualifies and nothing is pruned."""
     if policy is None:
-        return lambda layer: True
+        return (lambda layer: True), None
     import tensorflow_model_optimization as tfmot
 
     rule = tfmot.sparsity.keras.PruneForLatencyOnXNNPack()
     try:
         rule.ensure_model_supports_pruning(model)
     except ValueError as exc:
-        raise ConfigError(f"stage 'prune': pruning_policy='xnnpack' expected a model XNNPACK's sparse "
-                          f"inference can run; received {model.name!r}, where tfmot says: {exc}. Fix: "
-                          "build the model in that shape (e.g. mobilenet_v2) or unset pruning_policy") from None
-    return rule.allow_pruning
+        why = " ".join(str(exc).split())
+        return (lambda layer: False), (
+            f"prune: pruning_policy='xnnpack' prunes only layers that XNNPACK's sparse inference can run, "
+            f"and it cannot run {model.name!r} (tfmot: {why}): no layer was pruned and the model passes "
+            "unchanged; mobilenet_v2 is a model of that shape")
+    return rule.allow_pruning, None
+
+
+def _normalize_selectors(stage: Prune, name: str) -> None:
+    """Recipes give selectors as lists and {selector = value} tables: store checked tuples."""
+    object.__setattr__(stage, "layers", selector_tuple(name, "layers", stage.layers))
+    object.__setattr__(stage, "layer_sparsity", selector_pairs(name, "layer_sparsity", stage.layer_sparsity))
+    object.__setattr__(stage, "layer_block_size",
+                       selector_pairs(name, "layer_block_size", stage.layer_block_size))
 
 
 def _is_int(value) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights
+from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
 from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
 from slimpipe.stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit
 from slimpipe.stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
@@ -67,8 +68,7 @@ class StructuredPrune:
 
     def __post_init__(self):
         n = self.name
-        if isinstance(self.layers, list):  # recipes arrive as TOML/JSON lists
-            object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "layers", selector_tuple(n, "layers", self.layers))
         check_choice(n, "criterion", self.criterion, CRITERIA)
         check_choice(n, "target", self.target, TARGETS)
         check_fraction(n, "reduction", self.reduction)
@@ -92,8 +92,6 @@ class StructuredPrune:
                 and 0 < self.max_layer_reduction <= 1, n, "max_layer_reduction must be a fraction in (0, 1] "
                 "(the most of one layer's original channels that may go; 0.75 keeps at least a quarter of "
                 f"each). Received: max_layer_reduction={self.max_layer_reduction!r}")
-        require(isinstance(self.layers, tuple) and all(isinstance(s, str) for s in self.layers), n,
-                f"layers must be a list of layer names. Received: layers={self.layers!r}")
         require(isinstance(self.from_scratch, bool), n,
                 f"from_scratch must be true or false. Received: from_scratch={self.from_scratch!r}")
 
@@ -101,7 +99,9 @@ class StructuredPrune:
         from slimpipe.benchmarks.complexity import keras_complexity
 
         model = clone_with_weights(ctx.keras_model(art))
-        selected, skipped = self._select(model, ctx)
+        selected, skipped, notes = self._select(model)
+        for text in notes:
+            ctx.note(text)
         before = keras_complexity(model)
         start_channels = {p: g.size for g in analyze_groups(model) if g.id in selected for p in g.producers}
         latency = [self._latency_ms(model, ctx)] if self.target == "latency" else []
@@ -146,18 +146,24 @@ class StructuredPrune:
             out.append(self._scratch(model, art, ctx))
         return out
 
-    def _select(self, model, ctx) -> tuple[set[str], list[dict]]:
-        """Ids of the groups to prune, and the groups left alone with the reason why."""
+    def check(self, model, data) -> None:
+        """The layer groups to prune and their criterion, before anything trains."""
+        self._select(model)
+
+    def _select(self, model) -> tuple[set[str], list[dict], list[str]]:
+        """Ids of the groups to prune, the groups left alone with the reason why, and notes."""
         groups = analyze_groups(model)
         skipped = [{"producers": list(g.producers), "reason": g.reason} for g in groups if not g.prunable]
         prunable = [g for g in groups if g.prunable]
-        names = [p for g in prunable for p in g.producers]
-        unknown = [n for n in self.layers if n not in names]
-        if unknown or not prunable:
-            raise ConfigError(f"stage '{self.name}': expected names of prunable Conv2D/Dense layers "
-                              f"({', '.join(names) or 'none'}); received layers={list(self.layers)!r}: "
-                              "list only those layers, or leave layers empty to prune them all")
-        chosen = [g for g in prunable if not self.layers or set(g.producers) & set(self.layers)]
+        if not prunable:
+            why = "; ".join(f"{s['producers'][0]}: {s['reason']}" for s in skipped[:3]) or "no Conv2D/Dense"
+            raise ConfigError(f"stage '{self.name}': the model has no layer group structured pruning can "
+                              f"shrink ({why}): use unstructured 'prune' for this model")
+        infos = {i.name: i for i in layer_infos(model)}
+        producers = [infos[p] for g in prunable for p in g.producers]
+        names = set(select(self.layers, producers, stage=self.name, field="layers"))
+        chosen = [g for g in prunable if set(g.producers) & names]
+        notes = []
         if self.criterion == "bn_scale" and not self.layers:
             no_bn = [g for g in chosen if any(b is None for b in g.bn.values())]
             if len(no_bn) == len(chosen):
@@ -166,12 +172,12 @@ class StructuredPrune:
                 skipped.append({"producers": list(g.producers), "reason": "no BatchNormalization follows "
                                 "(criterion bn_scale)"})
             if no_bn:
-                ctx.note(f"structured_prune: criterion bn_scale left {', '.join(g.id for g in no_bn)} "
-                         "unpruned: no batch norm follows them")
+                notes.append(f"structured_prune: criterion bn_scale left {', '.join(g.id for g in no_bn)} "
+                             "unpruned: no batch norm follows them")
             chosen = [g for g in chosen if g.id not in {b.id for b in no_bn}]
         for g in chosen:
             channel_scores(model, g, self.criterion)  # a ConfigError now, not after a round
-        return {g.id for g in chosen}, skipped
+        return {g.id for g in chosen}, skipped, notes
 
     def _shrink(self, model, groups, scores, share, before, latency, ctx, floors):
         cost = complexity_model(model)

@@ -114,7 +114,7 @@ def test_layer_sparsity_gives_a_layer_its_own_target(ctx, trained):
     expected = (0.9 * sizes["dense"] + 0.5 * (sizes["conv"] + sizes["logits"])) / sum(sizes.values())
     assert out.meta["target_sparsity"] == pytest.approx(expected, abs=1e-3)
     assert abs(out.meta["achieved_sparsity"] - expected) <= 0.03
-    with pytest.raises(ConfigError, match=r"layer_sparsity names \['pool'\]"):
+    with pytest.raises(ConfigError, match=r"layer_sparsity selector 'pool' selects none of the layers this stage can work on \(conv, dense, logits\)"):
         run(Prune(layer_sparsity={"pool": 0.9}), trained, ctx)
 
 
@@ -135,13 +135,13 @@ def test_layer_block_size_gives_one_layer_blocks_and_leaves_the_others_unstructu
 def test_layer_block_size_on_a_conv_or_an_unpruned_layer_is_a_config_error(ctx, trained):
     with pytest.raises(ConfigError, match=r"'conv' has kernel shape \(3, 3, 1, 8\)"):
         run(Prune(layer_block_size={"conv": (4, 1)}), trained, ctx)
-    with pytest.raises(ConfigError, match=r"layer_block_size names \['logits'\]"):
+    with pytest.raises(ConfigError, match=r"layer_block_size selector 'logits' selects none of the layers this stage can work on \(dense\)"):
         run(Prune(layers=["dense"], layer_block_size={"logits": (4, 1)}), trained, ctx)
 
 
 @pytest.mark.parametrize("layers", [("dense", "nope"), ("pool",)])
 def test_unknown_or_unprunable_layer_names_list_the_prunable_ones(ctx, trained, layers):
-    with pytest.raises(ConfigError, match=r"prunable layers \(conv, dense, logits\)"):
+    with pytest.raises(ConfigError, match=r"selects none of the layers this stage can work on \(conv, dense, logits\): fix the name"):
         run(Prune(layers=layers), trained, ctx)
 
 
@@ -202,12 +202,16 @@ def test_begin_step_after_the_pruning_window(ctx, trained):
     ({"sparsity_m_by_n": (4, 2)}, r"sparsity_m_by_n must be \(m, n\)"),
     ({"sparsity_m_by_n": (2, 4), "block_size": (1, 4)}, "either block_size/layer_block_size or sparsity_m_by_n"),
     ({"sparsity_m_by_n": (2, 4), "layer_block_size": {"dense": (8, 1)}}, "or sparsity_m_by_n, not both"),
-    ({"layer_block_size": {"dense": (0, 1)}}, "layer_block_size must map layer names to two integers >= 1"),
-    ({"layer_block_size": {"dense": 16}}, "layer_block_size must map layer names to two integers >= 1"),
-    ({"layers": "dense"}, "layers must be a list of layer names"),
+    ({"layer_block_size": {"dense": (0, 1)}}, "layer_block_size must map layer selectors to two integers >= 1"),
+    ({"layer_block_size": {"dense": 16}}, "layer_block_size must map layer selectors to two integers >= 1"),
+    ({"layers": 5}, "layers must be a list of layer selectors"),
+    ({"layers": ["@bogus"]}, "selector '@bogus' is not one of"),
+    ({"layers": ["re:conv("]}, "selector 're:conv\\(' is not a valid regular expression"),
+    ({"layer_sparsity": {"@share:2": 0.9}}, r"F a fraction in \(0, 1\]"),
+    ({"layer_sparsity": {"@largest:0": 0.9}}, "N a whole number >= 1"),
     ({"layer_sparsity": {"dense": 1.2}}, r"layer_sparsity\['dense'\] must be in \[0, 1\)"),
     ({"ramp": 0}, r"ramp must be in \(0, 1\]"),
-    ({"layer_sparsity": ["dense"]}, "layer_sparsity must map layer names to sparsities"),
+    ({"layer_sparsity": ["dense"]}, "layer_sparsity must map layer selectors to values"),
     ({"initial_sparsity": 0.5, "layer_sparsity": {"dense": 0.3}}, "must be >= initial_sparsity"),
 ])
 def test_bad_parameters_raise_config_error(kwargs, match):
@@ -216,8 +220,10 @@ def test_bad_parameters_raise_config_error(kwargs, match):
 
 
 def test_lists_from_a_recipe_become_tuples():
-    stage = Prune(block_size=[1, 4], layers=["dense"])
+    stage = Prune(block_size=[1, 4], layers=["dense"], layer_block_size={"dense": [4, 1]})
     assert stage.block_size == (1, 4) and stage.layers == ("dense",)
+    assert stage.layer_block_size == (("dense", (4, 1)),)
+    assert Prune(layers="@dense").layers == ("@dense",)
 
 
 def test_ramp_ends_pruning_at_that_share_of_the_steps(ctx, trained):
