@@ -10,7 +10,7 @@ import numpy as np
 
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError, ExportValidationError
-from slimpipe.pipeline.kerasio import clone_with_weights
+from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
 from slimpipe.stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
@@ -28,6 +28,7 @@ IO_TYPES = ("float", "int8")
 KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 SPARSITY_SLACK = 0.01  # pqat/pcqat: a kernel may lose this much sparsity before the report says so
 _UNSUPPORTED = re.compile(r"Layer (.+?):<class '([\w.]+)'> is not supported")
+_UNSUPPORTED_CLASS = re.compile(r"unsupported layer <class '([\w.]+)'>")
 
 
 @dataclass(frozen=True)
@@ -188,18 +189,49 @@ class Quantize:
                       strip_names=self.strip_names)
 
     # -- quantization-aware training ---------------------------------------------------------
+    def check(self, model, data) -> list[str]:
+        """QAT modes: which layers tfmot can quantize, known before anything trains."""
+        if self.mode not in QAT_MODES:
+            return []
+        import tf_keras as keras
+
+        with tfmot_scope():
+            _, left = self._quantize_apply(keras.models.clone_model(model), model)
+        return [self._float_note(left)] if left else []
+
+    def _float_note(self, left: list[str]) -> str:
+        return (f"quantize {self.mode}: {', '.join(left)} stay float in the QAT model and its file: "
+                "tfmot's 8-bit quantization-aware training does not support them")
+
+    def _quantize_apply(self, model, source) -> tuple[object, list[str]]:
+        """The QAT model of `model` (which it wraps in place: pass a copy) and the layers left
+        float: every layer tfmot's scheme supports is quantized, and one it cannot quantize (a
+        Resizing, a BatchNormalization that follows no conv) stays float, as tfmot's "quantize
+        some layers" does. Layers are left out one failure at a time, so a model tfmot supports
+        whole is annotated exactly as quantize_annotate_model does."""
+        import tensorflow_model_optimization as tfmot
+        import tf_keras as keras
+
+        qk, left = tfmot.quantization.keras, []
+        while True:
+            annotated = qk.quantize_annotate_model(model) if not left else keras.models.clone_model(
+                model, clone_function=lambda l: l if l.name in left else qk.quantize_annotate_layer(l))
+            try:
+                return qk.quantize_apply(annotated, qat_scheme(self.mode, self.per_channel)), left
+            except (RuntimeError, ValueError) as exc:
+                found = _unsupported_layers(model, exc)
+                if not found or set(found) <= set(left):
+                    raise
+                left += [name for name in found if name not in left]
+
     def _train_qat(self, source, ctx):
         import tensorflow_model_optimization as tfmot
 
-        qk, combine = tfmot.quantization.keras, tfmot.experimental.combine
-        model = clone_with_weights(source)  # quantize_annotate wraps the layers it is given
-        try:
-            qat = qk.quantize_apply(qk.quantize_annotate_model(model), qat_scheme(self.mode, self.per_channel))
-        except RuntimeError as exc:
-            found = _UNSUPPORTED.search(str(exc))
-            if not found:
-                raise
-            raise ConfigError(_unsupported_message(source, found.group(1), found.group(2), self.mode)) from exc
+        combine = tfmot.experimental.combine
+        # quantize_annotate wraps the very layers it is given: annotate a copy.
+        qat, left = self._quantize_apply(clone_with_weights(source), source)
+        if left:
+            ctx.note(self._float_note(left))
         fit(qat, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
             lr_decay=self.lr_decay, distill=self.distill, temperature=self.temperature, dropout=self.dropout)
         if self.mode in ("cqat", "pcqat"):
@@ -380,19 +412,14 @@ def _refuse_wrapped(model, art_name: str) -> None:
                               f"with tfmot {kind} wrappers on {', '.join(wrapped)}: {fix}")
 
 
-def _unsupported_message(model, layer_name: str, class_path: str, mode: str) -> str:
-    cls = class_path.rsplit(".", 1)[-1]
-    ptq = "use a post-training mode ('dynamic', 'int8', 'float16')"
-    if "BatchNormalization" not in cls:
-        return (f"stage 'quantize': layer {layer_name!r} ({cls}) cannot be quantized by tfmot's 8-bit "
-                f"quantization-aware training (mode={mode!r}): {ptq}, or replace the layer")
-    follows = ""
-    try:
-        inbound = model.get_layer(layer_name).inbound_nodes[0].inbound_layers
-        inbound = inbound if isinstance(inbound, list) else [inbound]
-        follows = f" (it follows {', '.join(repr(layer.name) for layer in inbound)})"
-    except (ValueError, IndexError, AttributeError):
-        pass
-    return (f"stage 'quantize': layer {layer_name!r} ({cls}) cannot be quantized by tfmot here because it "
-            f"does not follow a Conv2D or a Dense without activation{follows}: {ptq}, "
-            f"or move the BatchNormalization directly after a conv")
+def _unsupported_layers(model, exc: Exception) -> list[str]:
+    """The layers a tfmot 'not supported' error is about: by name (quantize_apply names one) or
+    by class (a registry names only the class)."""
+    found = _UNSUPPORTED.search(str(exc))
+    if found:
+        return [found.group(1)]
+    found = _UNSUPPORTED_CLASS.search(str(exc))
+    if found:
+        cls = found.group(1).rsplit(".", 1)[-1]
+        return [layer.name for layer in model.layers if type(layer).__name__ == cls]
+    return []

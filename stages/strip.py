@@ -39,7 +39,7 @@ class Strip:
             collect_prunable_layers)
 
         source = ctx.keras_model(art)
-        if not collect_prunable_layers(source):
+        if not collect_prunable_layers(source) and art.kind != "keras:pruning":
             raise ConfigError(
                 "stage 'strip': expected a model with pruning wrappers (from the prune stage); "
                 f"received {art.name!r} with plain layers only: put 'prune' before 'strip' in the recipe")

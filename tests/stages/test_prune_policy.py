@@ -1,4 +1,6 @@
 """prune's pruning_policy="xnnpack": tfmot's PruneForLatencyOnXNNPack as a checked option."""
+import re
+
 import numpy as np
 import pytest
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
@@ -47,11 +49,19 @@ def test_unknown_policy_is_refused():
         Prune(pruning_policy="gpu")
 
 
-def test_a_model_xnnpack_cannot_run_sparse_is_refused_before_training(tmp_path, tiny_data):
+def test_a_model_xnnpack_cannot_run_sparse_passes_unpruned_with_the_reason(tmp_path, tiny_data):
     ctx = RunContext(data=tiny_data, out_dir=tmp_path)
-    with pytest.raises(ConfigError, match="pruning_policy='xnnpack' expected a model XNNPACK's sparse "
-                                          "inference can run.*Conv2D 3x3"):
-        Prune(pruning_policy="xnnpack", epochs=1).run(_art(tmp_path, make_tiny_model()), ctx)
+    ctx.stage_dir = tmp_path / "prune"
+    stage, model = Prune(pruning_policy="xnnpack", epochs=1), make_tiny_model()
+    [warning] = stage.check(model, tiny_data)  # said before anything trains
+    assert re.search(r"pruning_policy='xnnpack' prunes only layers that XNNPACK's sparse inference can "
+                     r"run, and it cannot run 'tiny' \(tfmot: .*Conv2D 3x3.*\): no layer was pruned", warning)
+    [out] = stage.run(_art(tmp_path, model), ctx)
+    assert warning in ctx.notes
+    assert out.meta["achieved_sparsity"] == 0 and out.meta["layers"] == {}
+    pruned = load_keras(out.path)
+    assert not any(isinstance(l, pruning_wrapper.PruneLowMagnitude) for l in pruned.layers)
+    assert all(np.array_equal(a, b) for a, b in zip(pruned.get_weights(), model.get_weights()))
 
 
 def test_only_the_1x1_convs_are_pruned(tmp_path):
