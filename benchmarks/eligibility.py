@@ -250,7 +250,8 @@ def _tflite(path: Path, zeros: dict) -> tuple[list[dict], dict]:
         fc_block = block if op["op"] == "FULLY_CONNECTED" and stored and not densify else None
         one_by_one = op["op"] == "CONV_2D" and ten["shape"][1:3] == [1, 1]
         if not stored and sp < SPARSE_MIN:
-            label, why = "dense", f"{sp:.0%} zeros: below the 30% at which sparsity is stored or used"
+            label, why = "dense", (f"{sp:.0%} zeros: below the {SPARSE_MIN:.0%} at which "
+                                   "sparsity is stored or used")
         elif fc_block and fc_block in FC_BLOCKS.get(dtype, ()):
             label, why = "latency-eligible", (
                 f"builtin FULLY_CONNECTED sparse kernel ({fc_block} blocks, {dtype}) skips the zero "
@@ -314,6 +315,6 @@ def _onnx(path: Path, zeros: dict) -> tuple[list[dict], dict]:
         stored = name in sparse
         label, why = (("size-only", ORT_REASON + ": the CPU provider multiplies the zeros")
                       if stored or sp >= SPARSE_MIN else
-                      ("dense", f"{sp:.0%} zeros: below the 30% at which sparsity is used"))
+                      ("dense", f"{sp:.0%} zeros: below the {SPARSE_MIN:.0%} at which sparsity is used"))
         layers.append(_row(name, node.op_type, dtype, sp, stored, None, False, None, label, why))
     return layers, {"note": ORT_REASON}

@@ -28,6 +28,7 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;
 border-bottom:1px solid #ddd;padding-bottom:.2rem}h3{font-size:1rem}
 .summary{font-size:1.05rem;background:#f3f7fb;border-left:4px solid #1f77b4;padding:.6rem .9rem}
 table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}caption{text-align:left}
+.wide{overflow-x:auto}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#fafafa}
@@ -103,7 +104,7 @@ def _cell(value: str | Cell) -> str:
 
 
 def _table(table: Table) -> str:
-    out = [f'<table id="{_e(table.id)}">']
+    out = [f'<div class="wide"><table id="{_e(table.id)}">']
     if table.caption:
         out.append(f'<caption class="muted">{_inline(table.caption)}</caption>')
     out.append("<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in table.head)
@@ -115,7 +116,7 @@ def _table(table: Table) -> str:
     if not table.rows:
         out.append(f'<tr class="empty"><td colspan="{len(table.head)}" class="muted">none'
                    "</td></tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

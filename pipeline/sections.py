@@ -59,7 +59,8 @@ def report_document(report: Report, plots: Iterable[str] = ()) -> Document:
     if report.get("notes"):
         sections.append(Section("Notes", [Bullets(list(report["notes"]), id="notes")]))
     title = f"slimpipe report: {report.get('model')} on {report.get('dataset')}"
-    return Document(title, [Paragraph(_intro(report), role="note")], sections)
+    headline = Paragraph(smallest_sentence(report), id="summary", role="summary")
+    return Document(title, [Paragraph(_intro(report), role="note"), headline], sections)
 
 
 def _intro(report: Report) -> str:
@@ -121,8 +122,8 @@ def artifacts_section(report: Report) -> Section:
 
 
 def pareto_section(report: Report, plots: set[str]) -> Section:
-    """The smallest artifact at iso-accuracy, the Pareto table with each artifact's size floor,
-    and the plots."""
+    """The smallest artifact at iso-accuracy (also the report's headline), the Pareto table
+    with each artifact's size floor, and the plots."""
     def front(on: bool) -> str | Cell:
         return Cell("yes", "ok") if on else ""
 
@@ -134,8 +135,8 @@ def pareto_section(report: Report, plots: set[str]) -> Section:
                      fmt_x(ratio_of(p["gzip_bytes"], floor)), fmt_num(p["accuracy"], ".2%"),
                      fmt_num(p.get("top1_agreement"), ".2%"), fmt_num(p.get("p50_ms"), ".3f"),
                      front(p["on_size_front"]), front(p["on_latency_front"])])
-    blocks = [Paragraph(smallest_sentence(report), id="summary", role="summary"),
-              Paragraph(SIZE_FLOOR_NOTE), Table("pareto", PARETO_HEAD, rows, set(range(2, 9)))]
+    blocks = [Paragraph(smallest_sentence(report)), Paragraph(SIZE_FLOOR_NOTE),
+              Table("pareto", PARETO_HEAD, rows, set(range(2, 9)))]
     figures = [Figure(name, alt) for name, alt in PLOT_ALT.items() if name in plots]
     if figures:
         blocks.append(Figures(figures))

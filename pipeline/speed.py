@@ -13,6 +13,8 @@ from typing import Any
 from slimpipe.pipeline.rows import (SAME_SPEED, fmt_x, is_sparse, latency_at, point_1x1,
                                     precision, ratio_of, speed_reference_for, speedup)
 
+
+# -- sparse files against dense ones ---------------------------------------------------------
 def sparsity_and_speed(report: dict[str, Any]) -> list[dict[str, Any]]:
     """For each sparse exported artifact: measured speed against its dense counterpart, at
     every latency point the two share."""
@@ -196,7 +198,7 @@ def _kernel_sentence(e: dict[str, Any]) -> str:
     return f"{head}{tail}: {verdict}."
 
 
-
+# -- int8 against float, and the CPU features behind it ---------------------------------------
 VNNI = ("avx512_vnni", "avx512vnni", "avx_vnni")
 
 
