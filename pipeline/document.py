@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
+from slimpipe.pipeline.rows import DASH
+
 STYLES = ("code", "strong", "ok", "fail", "muted")
 
 
@@ -28,7 +30,7 @@ class Cell:
     def text(self) -> str:
         """The cell as plain text."""
         if isinstance(self.value, tuple):
-            return ", ".join(self.value) or "–"
+            return ", ".join(self.value) or DASH
         return self.value
 
 

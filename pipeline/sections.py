@@ -66,7 +66,7 @@ def report_document(report: Report, plots: Iterable[str] = ()) -> Document:
 def _intro(report: Report) -> str:
     base = report.get("baseline")
     version = report.get("slimpipe_version")
-    return (f"Recipe `{report.get('recipe')}`, "
+    return (f"Recipe `{fmt_num(report.get('recipe'))}`, "
             + (f"baseline `{base}`" if base else "no baseline")
             + (f", slimpipe {version}" if version else "")
             + ". Ratios (x smaller, x faster) are against the dense baseline in the same format; "
