@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from slimpipe.benchmarks.sparsity import _buffer_bytes, _tflite_model, tensor_name, weight_sparsity
+from slimpipe.benchmarks.sparsity import (SPARSE_MIN, buffer_bytes, tensor_name, tflite_model,
+                                          weight_sparsity)
 from slimpipe.pipeline.errors import ConfigError
 
 LABELS = ("latency-eligible", "size-only", "dense")
-SPARSE_MIN = 0.3  # the converter's kMinSparsityLevel: below it weights are never stored sparse
 XNNPACK_MIN_ZEROS = 2 / 3
 WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
 FC_BLOCKS = {"float32": ("random", "1x4"), "int8": ("1x16",)}  # builtin sparse FC kernels
@@ -78,14 +78,14 @@ class _Graph:
     """Operators, tensors and producers of subgraph 0 of a .tflite flatbuffer."""
 
     def __init__(self, path: Path):
-        schema, model, data = _tflite_model(path)
+        schema, model, data = tflite_model(path)
         self.schema, g = schema, model.Subgraphs(0)
         builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
         self.tensors = []
         for t in range(g.TensorsLength()):
             ten = g.Tensors(t)
-            raw = _buffer_bytes(model, data, ten.Buffer()) if ten.Buffer() else b""
+            raw = buffer_bytes(model, data, ten.Buffer()) if ten.Buffer() else b""
             self.tensors.append({
                 "name": tensor_name(ten, t), "dtype": types.get(ten.Type(), "?"),
                 "shape": [int(d) for d in ten.ShapeAsNumpy()] if ten.ShapeLength() else [],
@@ -250,7 +250,8 @@ def _tflite(path: Path, zeros: dict) -> tuple[list[dict], dict]:
         fc_block = block if op["op"] == "FULLY_CONNECTED" and stored and not densify else None
         one_by_one = op["op"] == "CONV_2D" and ten["shape"][1:3] == [1, 1]
         if not stored and sp < SPARSE_MIN:
-            label, why = "dense", f"{sp:.0%} zeros: below the 30% at which sparsity is stored or used"
+            label, why = "dense", (f"{sp:.0%} zeros: below the {SPARSE_MIN:.0%} at which "
+                                   "sparsity is stored or used")
         elif fc_block and fc_block in FC_BLOCKS.get(dtype, ()):
             label, why = "latency-eligible", (
                 f"builtin FULLY_CONNECTED sparse kernel ({fc_block} blocks, {dtype}) skips the zero "
@@ -314,6 +315,6 @@ def _onnx(path: Path, zeros: dict) -> tuple[list[dict], dict]:
         stored = name in sparse
         label, why = (("size-only", ORT_REASON + ": the CPU provider multiplies the zeros")
                       if stored or sp >= SPARSE_MIN else
-                      ("dense", f"{sp:.0%} zeros: below the 30% at which sparsity is used"))
+                      ("dense", f"{sp:.0%} zeros: below the {SPARSE_MIN:.0%} at which sparsity is used"))
         layers.append(_row(name, node.op_type, dtype, sp, stored, None, False, None, label, why))
     return layers, {"note": ORT_REASON}

@@ -30,6 +30,7 @@ import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorF
 from slimpipe.pipeline.errors import ConfigError
 
 FORMATS = ("keras", "tflite", "onnx")
+RUNTIME_OF = {"keras": "keras", "tflite": "litert", "onnx": "onnxruntime"}  # by file format
 DEVICES = ("cpu", "gpu")
 RESOLVERS = ("default", "builtin")
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

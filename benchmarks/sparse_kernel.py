@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from slimpipe.benchmarks.measure import measure_latency
+from slimpipe.benchmarks.sparsity import SPARSE_MIN  # below it a layer keeps the dense kernel
 from slimpipe.pipeline.errors import ConfigError
-
-SPARSE_MIN = 0.3  # below this a layer keeps the dense kernel (as the TFLite converter does)
 
 
 def gemm_operands(model, batch: int = 1) -> tuple[list[dict], list[str]]:

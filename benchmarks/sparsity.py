@@ -28,6 +28,10 @@ import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorF
 from slimpipe.pipeline.errors import ConfigError
 
 FORMATS = ("keras", "tflite", "onnx")
+# A weight tensor with at least this fraction of zeros counts as sparse: the TFLite converter
+# stores it sparse (its kMinSparsityLevel), the report compares it against its dense
+# counterpart, and a runtime would pick a sparse kernel for it.
+SPARSE_MIN = 0.3
 
 
 def weight_sparsity(path, fmt: str) -> dict[str, Any]:
@@ -165,7 +169,8 @@ def _onnx_layers(path: Path, notes: list[str]) -> list[dict]:
 
 
 # -- tflite --------------------------------------------------------------------------------
-def _tflite_model(path: Path):
+def tflite_model(path: Path):
+    """(schema module, Model, file bytes) of a .tflite file, read with LiteRT's flatbuffer schema."""
     from ai_edge_litert import schema_py_generated as schema
 
     data = Path(path).read_bytes()
@@ -179,7 +184,8 @@ _TFLITE_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.fl
                   "INT8": np.int8, "UINT8": np.uint8}
 
 
-def _buffer_bytes(model, data: bytes, index: int) -> bytes:
+def buffer_bytes(model, data: bytes, index: int) -> bytes:
+    """The raw bytes of buffer `index` (inside the flatbuffer, or after it in the large-model layout)."""
     buf = model.Buffers(index)
     if buf is None:
         return b""
@@ -191,7 +197,7 @@ def _buffer_bytes(model, data: bytes, index: int) -> bytes:
 
 
 def _tflite_layers(path: Path, notes: list[str]) -> list[dict]:
-    schema, model, data = _tflite_model(path)
+    schema, model, data = tflite_model(path)
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     seen_buffers: set[int] = set()
     layers = []
@@ -206,7 +212,7 @@ def _tflite_layers(path: Path, notes: list[str]) -> list[dict]:
                 continue
             if tensor.Buffer() in seen_buffers:
                 continue
-            raw = _buffer_bytes(model, data, tensor.Buffer())
+            raw = buffer_bytes(model, data, tensor.Buffer())
             if not raw:
                 if hasattr(tensor, "ExternalBuffer") and tensor.ExternalBuffer():
                     notes.append(f"{name}: weights in an external buffer were not measured")
@@ -255,7 +261,7 @@ def _zero_point(tensor) -> np.ndarray | None:
 
 def tflite_sparse_tensors(path) -> list[str]:
     """Names of the tensors stored in sparse format (EXPERIMENTAL_SPARSITY) in a .tflite file."""
-    _, model, _ = _tflite_model(Path(path))
+    _, model, _ = tflite_model(Path(path))
     names = []
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
@@ -270,7 +276,7 @@ def tflite_ops(path) -> list[str]:
     """Op names of every operator in the .tflite graph, in graph order (repeats kept), e.g.
     ["CONV_2D", "MAX_POOL_2D", "RESHAPE", "DENSIFY", "FULLY_CONNECTED", ...]. Custom ops
     appear by their custom code."""
-    schema, model, _ = _tflite_model(Path(path))
+    schema, model, _ = tflite_model(Path(path))
     builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = []
     for i in range(model.OperatorCodesLength()):

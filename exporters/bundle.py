@@ -87,7 +87,7 @@ def build_metadata(model_path, *, labels: Sequence[str], normalization: Mapping[
     lineage: this artifact first, then its parent, ... up to the source, as
     {"name", "stage", "id", "format"} records. output_kind: "logits" or "probabilities".
     """
-    from slimpipe.benchmarks.environment import _version
+    from slimpipe.benchmarks.environment import package_version
     from slimpipe.benchmarks.measure import file_size
     from slimpipe.pipeline.artifacts import content_sha256
 
@@ -133,7 +133,7 @@ def build_metadata(model_path, *, labels: Sequence[str], normalization: Mapping[
         "sha256": content_sha256(path),
         "sparsity": _num(m.get("sparsity")),
         "lineage": [{k: r.get(k) for k in ("name", "stage", "id", "format")} for r in lineage],
-        "versions": {p: _version(p) for p in VERSION_PACKAGES},
+        "versions": {p: package_version(p) for p in VERSION_PACKAGES},
     }
 
 

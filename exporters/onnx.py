@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from slimpipe.exporters import write_bytes_atomic
+from slimpipe.pipeline.atomic import write_bytes_atomic
 from slimpipe.pipeline.errors import ConfigError, ExportValidationError, StageError
 
 MIN_OPSET, MAX_OPSET = 13, 18

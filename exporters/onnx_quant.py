@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from slimpipe.exporters import atomic_output
+from slimpipe.pipeline.atomic import atomic_output
 from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
 
 WEIGHT_TYPES = ("uint8", "int8")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from slimpipe.exporters import write_bytes_atomic
+from slimpipe.pipeline.atomic import write_bytes_atomic
 from slimpipe.pipeline.errors import ConfigError, StageError
 
 MODES = ("float32", "dynamic", "int8", "float16")

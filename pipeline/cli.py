@@ -18,7 +18,7 @@ from pathlib import Path
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
-from slimpipe.pipeline.gate import add_gate_parser
+from slimpipe.pipeline.gate_cli import add_gate_parser, run_gate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _list()
         if args.command == "gate":
-            from slimpipe.pipeline.gate import run_gate
             return run_gate(args)
         return _compress(args)
     except StageError as exc:

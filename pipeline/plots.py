@@ -1,125 +1,29 @@
-"""Pareto frontiers (size and latency against accuracy) and their plots, from report.json alone.
+"""The Pareto plots: size and latency against accuracy, one PNG each, from report.json alone.
 
-A point is on a frontier when no other artifact is at least as small (or fast) and at least as
-accurate while strictly better in one of the two. Exports that failed their parity validation
-are plotted (as crosses) but never on a frontier: they are not something to ship.
+    images = plot_pareto(report)    # {"size_vs_accuracy.png": b"\\x89PNG...", ...}
 
-Plots are drawn with matplotlib's Agg renderer on a `Figure` of their own (no pyplot, no
-display, no global state) and saved without a timestamp or version in the PNG metadata, so the
-same report gives the same bytes.
+Exports that failed their parity validation are drawn as crosses and never on a frontier
+(see `slimpipe.pipeline.pareto`). Plots are drawn with matplotlib's Agg renderer on a `Figure`
+of their own (no pyplot, no display, no global state) and saved without a timestamp or version
+in the PNG metadata, so the same report gives the same bytes.
 """
 from __future__ import annotations
 
 import io
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from slimpipe.pipeline.report import _latency, reference_for
+from slimpipe.pipeline.pareto import pareto_table
+from slimpipe.pipeline.rows import parity_failed
 
-_EPS = 1e-9
-LATENCY_RUNTIMES = ("litert", "onnxruntime")  # exported runtimes; p50 at 1 thread, batch 1
-
-
-def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
-    """Names of the (name, cost, accuracy) points that no other point dominates, by cost.
-
-    q dominates p when q.cost <= p.cost and q.accuracy >= p.accuracy, strictly better in one.
-    Identical points do not dominate each other: both stay. Points with a None are ignored.
-    """
-    pts = [p for p in points if p[1] is not None and p[2] is not None]
-    front = [p for p in pts if not any(
-        q[1] <= p[1] and q[2] >= p[2] and (q[1] < p[1] or q[2] > p[2]) for q in pts)]
-    return [p[0] for p in sorted(front, key=lambda p: (p[1], -p[2], p[0]))]
-
-
-def _parity_failed(row: Mapping[str, Any]) -> bool:
-    val = row.get("validation")
-    return bool(val) and val.get("passed") is not True
-
-
-def deployable(row: Mapping[str, Any]) -> bool:
-    """A TFLite or ONNX export whose parity validation passed or was not run."""
-    return row.get("format") in ("tflite", "onnx") and not _parity_failed(row)
-
-
-def p50_ms(row: Mapping[str, Any]) -> float | None:
-    """p50 latency on the CPU at 1 thread, batch 1, in LiteRT or ONNX Runtime, if measured."""
-    for runtime in LATENCY_RUNTIMES:
-        lat = _latency(row, runtime, 1, 1)
-        if lat and lat.get("p50_ms") is not None:
-            return lat["p50_ms"]
-    return None
-
-
-def pareto_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per artifact with accuracy and gzip size, and whether it is on each frontier."""
-    rows = [r for r in report["artifacts"]
-            if r.get("accuracy") is not None and r.get("gzip_bytes") is not None]
-    eligible = [r for r in rows if not _parity_failed(r)]
-    size_front = set(pareto_front([(r["name"], r["gzip_bytes"], r["accuracy"]) for r in eligible]))
-    lat_front = set(pareto_front([(r["name"], p50_ms(r), r["accuracy"]) for r in eligible]))
-    return [{"name": r["name"], "format": r.get("format"), "mode": r.get("mode"),
-             "bytes": r.get("bytes"), "gzip_bytes": r["gzip_bytes"], "accuracy": r["accuracy"],
-             "p50_ms": p50_ms(r), "size_floor_bytes": r.get("size_floor_bytes"),
-             "top1_agreement": r.get("top1_agreement"), "on_size_front": r["name"] in size_front,
-             "on_latency_front": r["name"] in lat_front} for r in rows]
-
-
-def _dense_tflite(report: Mapping[str, Any]):
-    """The dense float32 TFLite export of the baseline: what 'x smaller' is measured against."""
-    return reference_for({"format": "tflite"}, report["artifacts"], report.get("baseline"))
-
-
-def _ratio(a, b):
-    return a / b if a and b else None
-
-
-def smallest_within(report: Mapping[str, Any], points: float = 0.5) -> dict[str, Any] | None:
-    """The smallest deployable artifact (by gzip size) at most `points` below the baseline."""
-    rows = report["artifacts"]
-    base = next((r for r in rows if r.get("name") == report.get("baseline")), None)
-    if base is None or base.get("accuracy") is None:
-        return None
-    floor = base["accuracy"] - points / 100
-    pool = [r for r in rows if deployable(r) and r.get("gzip_bytes") is not None
-            and r.get("accuracy") is not None and r["accuracy"] >= floor - _EPS]
-    if not pool:
-        return None
-    best = min(pool, key=lambda r: (r["gzip_bytes"], -r["accuracy"], r["name"]))
-    ref = _dense_tflite(report)
-    return {"name": best["name"], "gzip_bytes": best["gzip_bytes"], "bytes": best.get("bytes"),
-            "accuracy": best["accuracy"], "reference": ref["name"] if ref else None,
-            "x_smaller_gzip": _ratio(ref and ref.get("gzip_bytes"), best["gzip_bytes"]),
-            "x_smaller_raw": _ratio(ref and ref.get("bytes"), best.get("bytes"))}
-
-
-def smallest_sentence(report: Mapping[str, Any], points: float = 0.5) -> str:
-    """One sentence: the smallest deployable artifact within `points` of the baseline."""
-    rows = report["artifacts"]
-    base = next((r for r in rows if r.get("name") == report.get("baseline")), None)
-    if base is None:
-        return "This report names no baseline, so no artifact can be compared against it."
-    if base.get("accuracy") is None:
-        return (f"The baseline {report.get('baseline')}'s accuracy was not measured, so no "
-                f"artifact can be compared against it.")
-    best = smallest_within(report, points)
-    if best is None:
-        return (f"No deployable artifact is within {points:g} points of the baseline's accuracy "
-                f"({base['accuracy']:.2%}).")
-    delta = (best["accuracy"] - base["accuracy"]) * 100
-    sizes = f"{best['gzip_bytes']:,} bytes gzipped"
-    if best["x_smaller_gzip"]:
-        sizes += f" ({best['x_smaller_gzip']:.2f}x smaller than {best['reference']}"
-        sizes += (f"; {best['x_smaller_raw']:.2f}x smaller on disk)" if best["x_smaller_raw"]
-                  else ")")
-    return (f"Smallest deployable artifact within {points:g} points of the baseline's accuracy: "
-            f"{best['name']}, {sizes}, at {best['accuracy']:.2%} accuracy ({delta:+.2f} points).")
-
-
-# -- plots -----------------------------------------------------------------------------------
+# The plots, by file name, with what each shows (alt text and caption).
+PLOT_ALT = {
+    "size_vs_accuracy.png": "Gzip size (KB, log scale) against accuracy for every artifact, "
+                            "with the size Pareto frontier",
+    "latency_vs_accuracy.png": "p50 latency (ms, 1 thread, batch 1) against accuracy for every "
+                               "artifact, with the latency Pareto frontier",
+}
 _COLORS = {"keras": "#7f7f7f", "tflite": "#1f77b4", "onnx": "#d62728"}
-
-
 _OFFSETS = [(4, 4), (4, -11), (4, 13), (4, -20), (4, 22), (4, -29)]
 
 
@@ -189,7 +93,7 @@ def plot_pareto(report: Mapping[str, Any]) -> dict[str, bytes]:
     A plot is left out when no artifact has the data for it.
     """
     table = pareto_table(report)
-    failed = {r["name"] for r in report["artifacts"] if _parity_failed(r)}
+    failed = {r["name"] for r in report["artifacts"] if parity_failed(r)}
     for row in table:
         row["failed"] = row["name"] in failed
     out: dict[str, bytes] = {}

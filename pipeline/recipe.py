@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.thresholds import check_thresholds
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -130,14 +131,12 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
                               f"step; expected one of {', '.join(['source', *seen])}")
         seen.add(step.name)
         steps.append(step)
-    from slimpipe.pipeline.gate import check_thresholds  # a typo in [gate] fails before training
-
     gate = data.get("gate", {})
     if not isinstance(gate, Mapping):
         raise ConfigError(f"recipe: 'gate' must be a table ([gate]). Received: {type(gate).__name__}")
     recipe = Recipe(name=str(data.get("name", "recipe")), steps=tuple(steps),
                     description=str(data.get("description", "")),
-                    gate=check_thresholds(gate, "recipe [gate]"))
+                    gate=check_thresholds(gate, "recipe [gate]"))  # a typo fails before training
     check_chain(recipe, start_kind)
     return recipe
 

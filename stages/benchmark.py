@@ -8,18 +8,15 @@ from typing import ClassVar
 
 from slimpipe.pipeline.artifacts import KERAS_KINDS, Artifact
 from slimpipe.pipeline.context import RunContext
-from slimpipe.pipeline.report import SPARSE
 from slimpipe.pipeline.stage import check_count, require
 
 from slimpipe.benchmarks.accuracy import accuracy, predict_all, top1_agreement
 from slimpipe.benchmarks.eligibility import eligibility
 from slimpipe.benchmarks.measure import file_size, interleaved_latency
 from slimpipe.benchmarks.complexity import keras_complexity
-from slimpipe.benchmarks.runtimes import ORT_GPU_PROVIDERS, gpu_devices, open_runtime
+from slimpipe.benchmarks.runtimes import ORT_GPU_PROVIDERS, RUNTIME_OF, gpu_devices, open_runtime
 from slimpipe.benchmarks.sparse_kernel import csr_reference
-from slimpipe.benchmarks.sparsity import size_floor_bytes, weight_sparsity
-
-RUNTIME_OF = {"keras": "keras", "tflite": "litert", "onnx": "onnxruntime"}
+from slimpipe.benchmarks.sparsity import SPARSE_MIN, size_floor_bytes, weight_sparsity
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ class Benchmark:
     def _sparse_kernels(self, ctx: RunContext, x) -> list:
         """Eligibility labels, the builtin-kernel A/B and the CSR reference for sparse artifacts."""
         sparse = [t for t in ctx.measurable()
-                  if (ctx.measurements[t.name].get("sparsity") or 0) >= SPARSE]
+                  if (ctx.measurements[t.name].get("sparsity") or 0) >= SPARSE_MIN]
         builtin = [t for t in sparse if t.format == "tflite"]
         if builtin:  # the dense counterpart the report's ratios are taken against
             builtin += [a for a in ctx.measurable() if a.format == "tflite" and a.parent == ctx.baseline

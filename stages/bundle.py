@@ -10,7 +10,7 @@ from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError, StageError
 from slimpipe.pipeline.stage import require
 
-from slimpipe.exporters import write_bytes_atomic
+from slimpipe.pipeline.atomic import write_bytes_atomic
 from slimpipe.exporters.bundle import build_metadata, write_bundle
 
 FORMATS = ("tflite", "onnx")

@@ -8,7 +8,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
 
-from slimpipe.benchmarks.sparsity import weight_sparsity
+from slimpipe.benchmarks.sparsity import SPARSE_MIN, weight_sparsity
 from slimpipe.exporters.onnx import export_onnx
 from slimpipe.exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
 from slimpipe.exporters.tflite import SPARSE_LAYOUTS, export_tflite
@@ -47,7 +47,7 @@ class Export:
 
     formats: tuple[str, ...] = FORMATS
     targets: str = "all"
-    sparse_threshold: float = 0.3
+    sparse_threshold: float = SPARSE_MIN
     sparse_layout: str = "smallest"
     opset: int = 17
     atol: float = 1e-4

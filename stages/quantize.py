@@ -15,7 +15,7 @@ from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, r
 from slimpipe.stages._fit import check_distill, check_dropout, check_lr_decay, fit
 
 from slimpipe.benchmarks.complexity import keras_complexity
-from slimpipe.benchmarks.sparsity import weight_sparsity
+from slimpipe.benchmarks.sparsity import SPARSE_MIN, weight_sparsity
 from slimpipe.exporters.stem import space_to_depth_stem
 from slimpipe.exporters.tflite import SPARSE_LAYOUTS, export_tflite
 from slimpipe.exporters.tflite_sparse import sparse_orders
@@ -257,7 +257,7 @@ class Quantize:
             elif s_out < s_in - SPARSITY_SLACK:
                 ctx.note(f"quantize {self.mode}: weight sparsity fell from {s_in:.3f} to {s_out:.3f} "
                          "during quantization-aware training")
-        if self.mode in ("qat", "cqat") and s_in >= 0.3 and s_out < s_in - SPARSITY_SLACK:
+        if self.mode in ("qat", "cqat") and s_in >= SPARSE_MIN and s_out < s_in - SPARSITY_SLACK:
             ctx.note(f"quantize {self.mode}: weight sparsity fell from {s_in:.3f} to {s_out:.3f}; "
                      f"mode '{'pqat' if self.mode == 'qat' else 'pcqat'}' keeps a pruned model's zeros")
         if self.mode in ("cqat", "pcqat"):

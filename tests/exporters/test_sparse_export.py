@@ -102,9 +102,9 @@ def test_xnnpack_prepare_failure_falls_back_to_builtin(tiny_model, tmp_path, mon
 
 
 def _tensor_names(path):
-    from slimpipe.benchmarks.sparsity import _tflite_model
+    from slimpipe.benchmarks.sparsity import tflite_model
 
-    _, model, _ = _tflite_model(path)
+    _, model, _ = tflite_model(path)
     graph = model.Subgraphs(0)
     return [graph.Tensors(t).Name() for t in range(graph.TensorsLength())]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from slimpipe.benchmarks.runtimes import open_runtime
-from slimpipe.exporters import write_bytes_atomic
+from slimpipe.pipeline.atomic import write_bytes_atomic
 from slimpipe.exporters.tflite import export_tflite
 from slimpipe.exporters.validate import check_parity, raise_on_mismatch
 from slimpipe.pipeline.errors import ConfigError, ExportValidationError, StageError

@@ -7,8 +7,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.pipeline.gate import (CheckResult, add_gate_parser, evaluate, junit_xml, markdown_summary,
-                           run_gate, select_artifact, text_table)
+from slimpipe.pipeline.gate import CheckResult, evaluate, select_artifact
+from slimpipe.pipeline.gate_cli import add_gate_parser, run_gate
+from slimpipe.pipeline.gate_formats import junit_xml, markdown_summary, text_table
 
 
 def _lat(p50, runtime="litert", threads=1, batch=1):

@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-from slimpipe.pipeline.plots import (pareto_front, pareto_table, plot_pareto, smallest_sentence,
-                            smallest_within)
+from slimpipe.pipeline.pareto import pareto_front, pareto_table, smallest_sentence, smallest_within
+from slimpipe.pipeline.plots import plot_pareto
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

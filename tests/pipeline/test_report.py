@@ -5,7 +5,8 @@ import pytest
 
 from slimpipe.pipeline.artifacts import make_artifact
 from slimpipe.pipeline.context import RunContext
-from slimpipe.pipeline.report import build_report, render_markdown, write_report
+from slimpipe.pipeline.markdown_report import render_markdown
+from slimpipe.pipeline.report import build_report, write_report
 
 ENV = {"cpu": "test cpu", "cores": 2, "isa": ["avx2"], "gpu": [], "versions": {"tensorflow": "x"}}
 
@@ -127,7 +128,7 @@ def _row(name, fmt, parent, p50, *, mode=None, sparsity=0.0, sparse_storage=Fals
 
 
 def test_sparse_int8_is_compared_with_dense_int8_not_with_float():
-    from slimpipe.pipeline.report import speed_summary, sparsity_and_speed
+    from slimpipe.pipeline.speed import speed_summary, sparsity_and_speed
 
     report = {"baseline": "trained", "artifacts": [
         _row("trained", "keras", None, 1.0),
@@ -167,7 +168,7 @@ def test_wrapped_keras_models_and_their_files_inherit_the_counted_macs():
 
 
 def test_a_speed_difference_without_an_eligible_layer_is_called_variation():
-    from slimpipe.pipeline.report import sparsity_and_speed
+    from slimpipe.pipeline.speed import sparsity_and_speed
 
     pruned = _row("pruned.onnx", "onnx", "pruned", 0.05, sparsity=0.9)
     eligible = _row("pruned.sparse.tflite", "tflite", "pruned", 0.01, sparsity=0.9, sparse_storage=True)
@@ -186,12 +187,12 @@ def test_a_speed_difference_without_an_eligible_layer_is_called_variation():
 def test_x_faster_shows_the_pass_by_pass_spread(run):
     """Each interleaved pass pairs the files in time: the cell gives the lowest and highest
     per-pass ratio, and nothing where the passes are unknown."""
-    from slimpipe.pipeline.report import table_rows
+    from slimpipe.pipeline.sections import artifacts_table
 
     lat = lambda row: run.measurements[row]["latency"][0]  # noqa: E731
     lat("trained.tflite")["pass_p50_ms"] = [2.0, 2.0, 3.0]
     lat("pruned.tflite")["pass_p50_ms"] = [1.0, 0.5, 1.5]
-    cells = {r["cells"][0]: r["cells"] for r in table_rows(build_report(run, recipe="d", environment=ENV))}
+    cells = {r[0]: r for r in artifacts_table(build_report(run, recipe="d", environment=ENV)).text_rows()}
     assert cells["pruned.tflite"][12] == "1.02x (2.00-4.00)"  # 2.0 / 1.96 pooled; passes 2, 4, 2
     assert cells["trained.tflite"][12] == "1.00x"  # its own reference
     assert cells["pruned.sparse.tflite"][12] == "0.50x"  # no per-pass figures

@@ -4,7 +4,9 @@ import pytest
 
 from slimpipe.pipeline.artifacts import make_artifact
 from slimpipe.pipeline.context import RunContext
-from slimpipe.pipeline.report import build_report, isa_summary, render_markdown
+from slimpipe.pipeline.markdown_report import render_markdown
+from slimpipe.pipeline.report import build_report
+from slimpipe.pipeline.speed import isa_summary
 
 
 def _lat(p50, engine="xnnpack"):

@@ -7,7 +7,9 @@ import pytest
 from slimpipe.pipeline.artifacts import make_artifact
 from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.html_report import render_html
-from slimpipe.pipeline.report import build_report, render_markdown, table_rows
+from slimpipe.pipeline.markdown_report import render_markdown
+from slimpipe.pipeline.report import build_report
+from slimpipe.pipeline.sections import artifacts_table
 
 ENV = {"cpu": "test cpu", "cores": 2, "isa": ["avx2"], "gpu": [], "versions": {"tensorflow": "x"}}
 
@@ -104,7 +106,7 @@ def test_builtin_rows_do_not_leak_into_default_comparisons(run):
     rows = {(s["artifact"], s["resolver"]): s["speedup"] for s in report["sparsity_and_speed"]}
     assert rows[("pruned.sparse.tflite", "default")] == pytest.approx(2.0 / 2.5)
     assert rows[("pruned.sparse.tflite", "builtin")] == pytest.approx(3.0 / 2.4)
-    main = {r["cells"][0]: r["cells"] for r in table_rows(report)}
+    main = {r[0]: r for r in artifacts_table(report).text_rows()}
     assert main["pruned.sparse.tflite"][11] == "2.500"  # p50 of the default (XNNPACK) row
 
 

@@ -8,7 +8,8 @@ from slimpipe.benchmarks.complexity import keras_complexity
 from slimpipe.pipeline.artifacts import make_artifact
 from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.kerasio import save_keras
-from slimpipe.pipeline.report import build_report, render_markdown
+from slimpipe.pipeline.markdown_report import render_markdown
+from slimpipe.pipeline.report import build_report
 from slimpipe.stages.benchmark import Benchmark, latency_devices
 from slimpipe.stages.export import Export
 from tests.conftest import make_tiny_model

@@ -7,7 +7,8 @@ from slimpipe.pipeline.artifacts import make_artifact
 from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, save_keras
-from slimpipe.pipeline.report import build_report, render_markdown
+from slimpipe.pipeline.markdown_report import render_markdown
+from slimpipe.pipeline.report import build_report
 from slimpipe.stages.benchmark import Benchmark
 from slimpipe.stages.export import Export
 from tests.conftest import make_tiny_model
