@@ -29,3 +29,14 @@ def test_a_tool_writing_the_temporary_path_itself(tmp_path):
         tmp.write_bytes(b"new")
     assert (tmp_path / "model.onnx").read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_a_written_file_gets_the_usual_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = write_bytes_atomic(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
