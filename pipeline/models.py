@@ -357,9 +357,12 @@ def check_fit(model, dataset) -> None:
 
 
 def output_is_probabilities(model) -> bool:
-    """True when the model ends in softmax (train with from_logits=False), False for logits."""
+    """True when the model ends in a softmax (a Softmax layer, or activation="softmax" on the last
+    layer, also inside tfmot's pruning/clustering/QAT wrappers): its outputs are probabilities and
+    a loss must not apply a softmax again. False for logits."""
     layer = model.layers[-1]
-    layer = getattr(layer, "layer", layer)  # tfmot wrappers keep the original layer here
+    while getattr(layer, "layer", None) is not None and hasattr(layer.layer, "get_config"):
+        layer = layer.layer  # tfmot wrappers keep the original layer here
     if type(layer).__name__ == "Softmax":
         return True
     activation = getattr(layer, "activation", None)

@@ -11,13 +11,13 @@ from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
 from slimpipe.pipeline.stage import check_choice, check_count, require
-from slimpipe.stages._fit import check_distill, check_dropout, check_lr_decay, fit
+from slimpipe.stages.finetune import FineTune
 
 INITS = ("kmeans_plus_plus", "linear", "density_based", "random")
 
 
 @dataclass(frozen=True)
-class Cluster:
+class Cluster(FineTune):
     """Share each kernel's weights among `clusters` values, fine-tune, strip the wrappers.
 
     >>> arts = Cluster(clusters=16, epochs=1).run(pruned, ctx)
@@ -26,7 +26,9 @@ class Cluster:
 
     `preserve_sparsity` keeps a pruned model's zeros at zero (one extra value, so a layer may
     end with clusters + 1 unique values). The meta is measured on the stripped kernels. A Conv2D
-    with no more weights than `clusters` is left alone by tfmot; the report notes it.
+    with no more weights than `clusters` is left alone by tfmot; the report notes it. `layers`
+    picks the layers with selectors (`pipeline.layer_select`); empty clusters every layer with a
+    kernel. The fine-tuning parameters are `stages.finetune.FineTune`'s.
     """
 
     name: ClassVar[str] = "cluster"
@@ -36,18 +38,13 @@ class Cluster:
     clusters: int = 16
     init: str = "kmeans_plus_plus"
     preserve_sparsity: bool = True
-    epochs: int = 1
-    batch_size: int = 64
     # tfmot's clustering tutorial fine-tunes with Adam at 1e-5: the centroids start from a
     # trained model, and a larger step scatters what the k-means initialisation found.
     learning_rate: float = 1e-5
     layers: tuple[str, ...] = ()
-    lr_decay: str = "constant"
-    distill: float = 0.0
-    temperature: float = 4.0
-    dropout: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         n = self.name
         object.__setattr__(self, "layers", selector_tuple(n, "layers", self.layers))
         require(isinstance(self.preserve_sparsity, bool), n,
@@ -55,14 +52,6 @@ class Cluster:
         # tfmot needs one centroid besides the zero one when it preserves sparsity.
         check_count(n, "clusters", self.clusters, minimum=3 if self.preserve_sparsity is True else 2)
         check_choice(n, "init", self.init, INITS)
-        check_count(n, "epochs", self.epochs, minimum=0)
-        check_count(n, "batch_size", self.batch_size, minimum=1)
-        check_lr_decay(n, self.lr_decay)
-        check_distill(n, self.distill, self.temperature)
-        check_dropout(n, self.dropout)
-        require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
-                and self.learning_rate > 0, n,
-                f"learning_rate must be a number > 0 (e.g. 1e-5). Received: learning_rate={self.learning_rate!r}")
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         import tensorflow_model_optimization as tfmot
@@ -93,9 +82,7 @@ class Cluster:
             ctx.note(f"cluster: tfmot left {', '.join(skipped)} unclustered: a Conv2D needs more "
                      f"than clusters={self.clusters} weights; lower clusters to cluster it")
         if self.epochs:
-            fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
-                learning_rate=self.learning_rate, lr_decay=self.lr_decay, distill=self.distill,
-                temperature=self.temperature, dropout=self.dropout)
+            self.fit(model, ctx)
         model = clustering.strip_clustering(model)
 
         layers = [entry for entry in clustered_weights(model) if entry["name"] in targets]

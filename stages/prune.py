@@ -12,7 +12,7 @@ from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.layer_select import layer_infos, select, select_mapping, selector_pairs, selector_tuple
 from slimpipe.pipeline.stage import check_count, check_fraction, require
-from slimpipe.stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit, steps_per_epoch
+from slimpipe.stages.finetune import FineTune, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
 
@@ -28,7 +28,7 @@ WARN_GAP = 0.05  # achieved sparsity this far below the target gets a note in th
 
 
 @dataclass(frozen=True)
-class Prune:
+class Prune(FineTune):
     """Prune the smallest-magnitude weights while fine-tuning; outputs the wrapped model.
 
     >>> arts = Prune(final_sparsity=0.75, epochs=2).run(trained, ctx)
@@ -60,6 +60,8 @@ class Prune:
     accepts: ClassVar[tuple[str, ...]] = ("keras",)
     produces: ClassVar[str | None] = "keras:pruning"
 
+    min_epochs: ClassVar[int] = 1
+
     schedule: str = "polynomial"
     initial_sparsity: float = 0.0
     final_sparsity: float = 0.8
@@ -67,11 +69,6 @@ class Prune:
     end_step: int | None = None
     frequency: int | None = None
     epochs: int = 2
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    lr_decay: str = "constant"
-    distill: float = 0.0
-    temperature: float = 4.0
     block_size: tuple[int, int] = (1, 1)
     sparsity_m_by_n: tuple[int, int] | None = None
     layers: tuple[str, ...] = ()
@@ -79,22 +76,22 @@ class Prune:
     layer_block_size: tuple[tuple[str, tuple[int, int]], ...] = ()
     ramp: float = 0.75
     pruning_policy: str | None = None
-    dropout: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         n = self.name
         _normalize_selectors(self, n)
-        for layer, value in self.layer_sparsity:
-            check_fraction(n, f"layer_sparsity[{layer!r}]", value)
-            require(value >= self.initial_sparsity, n, f"layer_sparsity[{layer!r}] must be >= initial_sparsity="
-                    f"{self.initial_sparsity}. Received: {value!r}")
-        require(all(_int_pair(block) and min(block) >= 1 for _, block in self.layer_block_size), n,
-                "layer_block_size must map layer selectors to two integers >= 1, e.g. {fc1 = [16, 1]}. "
-                f"Received: layer_block_size={self.layer_block_size!r}")
         # Recipes arrive as TOML/JSON lists; tuples keep the dataclass hashable and frozen.
         for f in ("block_size", "sparsity_m_by_n"):
             if isinstance(getattr(self, f), list):
                 object.__setattr__(self, f, tuple(getattr(self, f)))
+        self._check_schedule(n)
+        self._check_blocks(n)
+        require(self.pruning_policy is None or self.pruning_policy in POLICIES, n,
+                f"pruning_policy must be one of {', '.join(map(repr, POLICIES))} or unset. "
+                f"Received: pruning_policy={self.pruning_policy!r}")
+
+    def _check_schedule(self, n: str) -> None:
         require(self.schedule in SCHEDULES, n, f"schedule must be 'polynomial' or 'constant'. "
                 f"Received: schedule={self.schedule!r}")
         check_fraction(n, "initial_sparsity", self.initial_sparsity)
@@ -102,6 +99,10 @@ class Prune:
         require(self.final_sparsity >= self.initial_sparsity, n,
                 f"final_sparsity must be >= initial_sparsity. Received: initial_sparsity="
                 f"{self.initial_sparsity!r}, final_sparsity={self.final_sparsity!r}")
+        for layer, value in self.layer_sparsity:
+            check_fraction(n, f"layer_sparsity[{layer!r}]", value)
+            require(value >= self.initial_sparsity, n, f"layer_sparsity[{layer!r}] must be >= initial_sparsity="
+                    f"{self.initial_sparsity}. Received: {value!r}")
         check_count(n, "begin_step", self.begin_step, minimum=0)
         if self.end_step is not None:
             require(_is_int(self.end_step) and self.end_step > self.begin_step, n,
@@ -112,14 +113,13 @@ class Prune:
                 f"(the rest fine-tunes at the final sparsity). Received: ramp={self.ramp!r}")
         if self.frequency is not None:
             check_count(n, "frequency", self.frequency, minimum=1)
-        check_count(n, "epochs", self.epochs, minimum=1)
-        check_count(n, "batch_size", self.batch_size, minimum=1)
-        check_learning_rate(n, self.learning_rate)
-        check_lr_decay(n, self.lr_decay)
-        check_distill(n, self.distill, self.temperature)
-        check_dropout(n, self.dropout)
+
+    def _check_blocks(self, n: str) -> None:
         require(_int_pair(self.block_size) and min(self.block_size) >= 1, n,
                 f"block_size must be two integers >= 1, e.g. (1, 4). Received: block_size={self.block_size!r}")
+        require(all(_int_pair(block) and min(block) >= 1 for _, block in self.layer_block_size), n,
+                "layer_block_size must map layer selectors to two integers >= 1, e.g. {fc1 = [16, 1]}. "
+                f"Received: layer_block_size={self.layer_block_size!r}")
         mn = self.sparsity_m_by_n
         require(mn is None or _int_pair(mn) and 0 < mn[0] < mn[1], n, "sparsity_m_by_n must be (m, n), "
                 f"m zeros in every n weights with 0 < m < n, e.g. (2, 4). Received: sparsity_m_by_n={mn!r}")
@@ -127,9 +127,6 @@ class Prune:
                 "use either block_size/layer_block_size or sparsity_m_by_n, not both. Received: "
                 f"block_size={self.block_size!r}, layer_block_size={dict(self.layer_block_size)!r}, "
                 f"sparsity_m_by_n={mn!r}")
-        require(self.pruning_policy is None or self.pruning_policy in POLICIES, n,
-                f"pruning_policy must be one of {', '.join(map(repr, POLICIES))} or unset. "
-                f"Received: pruning_policy={self.pruning_policy!r}")
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         import tensorflow_model_optimization as tfmot
@@ -143,9 +140,7 @@ class Prune:
         model = self._wrap(source, plan, end_step, frequency)
         meta = {"frequency": frequency, "end_step": end_step, "steps": steps}
         if plan.targets:
-            fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()], lr_decay=self.lr_decay,
-                distill=self.distill, temperature=self.temperature, dropout=self.dropout)
+            self.fit(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
         target, achieved, per_layer = self._sparsity(model, plan)
         if achieved < target - WARN_GAP:
             ctx.note(f"prune: achieved sparsity {achieved:.3f} is below the target {target:.3f} "

@@ -12,7 +12,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError, ExportValidationError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
-from slimpipe.stages._fit import check_distill, check_dropout, check_lr_decay, fit
+from slimpipe.stages.finetune import FineTune
 
 from slimpipe.benchmarks.complexity import keras_complexity
 from slimpipe.benchmarks.sparsity import SPARSE_MIN, weight_sparsity
@@ -32,7 +32,7 @@ _UNSUPPORTED_CLASS = re.compile(r"unsupported layer <class '([\w.]+)'>")
 
 
 @dataclass(frozen=True)
-class Quantize:
+class Quantize(FineTune):
     """Write an 8-bit (or float16) TFLite file of the model in hand and check it against Keras.
 
     Post-training modes convert the float model: "dynamic" (int8 weights, float activations),
@@ -77,9 +77,9 @@ class Quantize:
     accepts: ClassVar[tuple[str, ...]] = ("keras",)
     produces: ClassVar[str | None] = None
 
+    min_epochs: ClassVar[int] = 1
+
     mode: str = "dynamic"
-    epochs: int = 1
-    batch_size: int = 64
     # QAT starts from a trained model; 1e-4 (a tenth of a usual Adam rate) fine-tunes around
     # the fake-quantized weights without undoing the training.
     learning_rate: float = 1e-4
@@ -92,26 +92,15 @@ class Quantize:
     space_to_depth_stem: bool = False
     min_agreement: float = 0.97
     parity_samples: int = 256
-    lr_decay: str = "constant"
-    distill: float = 0.0
-    temperature: float = 4.0
-    dropout: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         n = self.name
         check_choice(n, "mode", self.mode, MODES)
         require(self.io in IO_TYPES, n, f"io must be 'float' or 'int8'. Received: io={self.io!r}")
         require(self.io == "float" or self.mode == "int8", n,
                 f"io='int8' (integer model inputs/outputs) needs mode='int8'. Received: mode={self.mode!r}, "
                 f"io={self.io!r}; fix: use mode='int8' or io='float'")
-        check_count(n, "epochs", self.epochs, minimum=1)
-        check_count(n, "batch_size", self.batch_size, minimum=1)
-        check_lr_decay(n, self.lr_decay)
-        check_distill(n, self.distill, self.temperature)
-        check_dropout(n, self.dropout)
-        require(isinstance(self.learning_rate, (int, float)) and not isinstance(self.learning_rate, bool)
-                and self.learning_rate > 0, n,
-                f"learning_rate must be a number > 0 (e.g. 1e-4). Received: learning_rate={self.learning_rate!r}")
         check_count(n, "representative_samples", self.representative_samples, minimum=1)
         require(isinstance(self.sparse, bool), n, f"sparse must be true or false. Received: sparse={self.sparse!r}")
         check_choice(n, "sparse_layout", self.sparse_layout, SPARSE_LAYOUTS)
@@ -232,8 +221,7 @@ class Quantize:
         qat, left = self._quantize_apply(clone_with_weights(source), source)
         if left:
             ctx.note(self._float_note(left))
-        fit(qat, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-            lr_decay=self.lr_decay, distill=self.distill, temperature=self.temperature, dropout=self.dropout)
+        self.fit(qat, ctx)
         if self.mode in ("cqat", "pcqat"):
             # Drops the centroid/index variables (which also make the h5 unloadable) and keeps
             # the clustered kernels and the fake-quant ranges the converter needs.

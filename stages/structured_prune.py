@@ -18,7 +18,7 @@ from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights
 from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
 from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
-from slimpipe.stages._fit import check_distill, check_dropout, check_learning_rate, check_lr_decay, fit
+from slimpipe.stages.finetune import FineTune, fit
 from slimpipe.stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
                              prune_channels, select_channels)
 
@@ -26,7 +26,7 @@ TARGETS = ("params", "macs", "latency")
 
 
 @dataclass(frozen=True)
-class StructuredPrune:
+class StructuredPrune(FineTune):
     """Shrink Conv2D/Dense layers to fewer channels in `rounds` rounds, fine-tuning after each.
 
     >>> arts = StructuredPrune(target="macs", reduction=0.7).run(trained, ctx)
@@ -51,22 +51,16 @@ class StructuredPrune:
     target: str = "macs"
     reduction: float = 0.7
     rounds: int = 3
-    epochs: int = 1
     final_epochs: int = 2
-    batch_size: int = 64
-    learning_rate: float = 1e-3
     min_channels: int = 4
     round_to: int = 4
     cost_exponent: float = 0.0
     max_layer_reduction: float = 1.0
     layers: tuple[str, ...] = ()
     from_scratch: bool = False
-    lr_decay: str = "constant"
-    distill: float = 0.0
-    temperature: float = 4.0
-    dropout: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         n = self.name
         object.__setattr__(self, "layers", selector_tuple(n, "layers", self.layers))
         check_choice(n, "criterion", self.criterion, CRITERIA)
@@ -75,13 +69,7 @@ class StructuredPrune:
         require(self.reduction > 0, n, f"reduction must be in (0, 1), e.g. 0.5 to halve the target "
                 f"metric. Received: reduction={self.reduction!r}")
         check_count(n, "rounds", self.rounds, minimum=1)
-        check_count(n, "epochs", self.epochs, minimum=0)
         check_count(n, "final_epochs", self.final_epochs, minimum=0)
-        check_count(n, "batch_size", self.batch_size, minimum=1)
-        check_learning_rate(n, self.learning_rate)
-        check_lr_decay(n, self.lr_decay)
-        check_distill(n, self.distill, self.temperature)
-        check_dropout(n, self.dropout)
         check_count(n, "min_channels", self.min_channels, minimum=1)
         check_count(n, "round_to", self.round_to, minimum=1)
         require(isinstance(self.cost_exponent, (int, float)) and not isinstance(self.cost_exponent, bool)
@@ -119,14 +107,11 @@ class StructuredPrune:
                          + (f" or max_layer_reduction={self.max_layer_reduction}"
                             if self.max_layer_reduction < 1 else "")
                          + f" (round_to={self.round_to}); lower them or prune more layers")
-            if self.epochs:
-                fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                    distill=self.distill, temperature=self.temperature, dropout=self.dropout)
+            if self.epochs:  # between rounds at a constant rate; lr_decay anneals the final epochs
+                self.fit(model, ctx, lr_decay="constant")
             rounds.append({"round": r, **record, "accuracy": _accuracy(model, ctx)})
         if self.final_epochs:
-            fit(model, ctx, epochs=self.final_epochs, batch_size=self.batch_size,
-                learning_rate=self.learning_rate, lr_decay=self.lr_decay, distill=self.distill,
-                temperature=self.temperature, dropout=self.dropout)
+            self.fit(model, ctx, epochs=self.final_epochs)
         after = keras_complexity(model)
         channels = {p: [n, _width(model.get_layer(p))] for p, n in start_channels.items()}
         achieved = (1 - latency[-1] / latency[0]) if latency else 1 - after[self.target] / before[self.target]

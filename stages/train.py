@@ -6,14 +6,14 @@ from typing import ClassVar
 
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.kerasio import clone_with_weights
-from slimpipe.pipeline.stage import check_choice, check_count
-from slimpipe.stages._fit import check_learning_rate, check_lr_decay, fit
+from slimpipe.pipeline.stage import check_choice, require
+from slimpipe.stages.finetune import FineTune
 
 IF_TRAINED = ("skip", "continue")
 
 
 @dataclass(frozen=True)
-class Train:
+class Train(FineTune):
     """Train a Keras classifier on the run's data set (Adam, sparse cross-entropy).
 
     >>> arts = Train(epochs=5, batch_size=128).run(source, ctx)
@@ -21,7 +21,9 @@ class Train:
     ('trained', 0.91)
 
     An input already marked `trained: True` in its meta is kept as the baseline without more
-    training unless `if_trained="continue"`. `epochs=0` copies the model unchanged.
+    training unless `if_trained="continue"`. `epochs=0` copies the model unchanged. The
+    fine-tuning parameters are the other training stages' (`stages.finetune.FineTune`), except
+    `distill`: this stage trains the teacher that later stages distill from.
     """
 
     name: ClassVar[str] = "train"
@@ -29,17 +31,13 @@ class Train:
     produces: ClassVar[str | None] = "keras"
 
     epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 1e-3
     if_trained: str = "skip"
-    lr_decay: str = "constant"
 
     def __post_init__(self):
-        check_count(self.name, "epochs", self.epochs, minimum=0)
-        check_count(self.name, "batch_size", self.batch_size, minimum=1)
-        check_learning_rate(self.name, self.learning_rate)
-        check_lr_decay(self.name, self.lr_decay)
+        super().__post_init__()
         check_choice(self.name, "if_trained", self.if_trained, IF_TRAINED)
+        require(self.distill == 0, self.name, "distill must be 0: train makes the baseline that later "
+                f"stages distill from. Received: distill={self.distill!r}; fix: set distill in a later stage")
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         if art.meta.get("trained") and self.if_trained == "skip":
@@ -52,8 +50,7 @@ class Train:
         model = clone_with_weights(ctx.keras_model(art))
         meta = {"epochs": self.epochs, "trained": True}
         if self.epochs > 0:
-            history = fit(model, ctx, epochs=self.epochs, batch_size=self.batch_size,
-                          learning_rate=self.learning_rate, lr_decay=self.lr_decay).history
+            history = self.fit(model, ctx).history
             meta["train_accuracy"] = float(history["accuracy"][-1])
             meta["train_loss"] = float(history["loss"][-1])
         else:

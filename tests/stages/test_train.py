@@ -91,7 +91,7 @@ def test_loss_matches_the_output_layer():
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from slimpipe.stages._fit import output_is_probabilities
+    from slimpipe.pipeline.models import output_is_probabilities
 
     def model(*tail):
         return keras.Sequential([keras.layers.Input((3,)), *tail])
@@ -104,7 +104,7 @@ def test_loss_matches_the_output_layer():
 
 
 def test_cosine_decay_anneals_the_learning_rate_to_zero(ctx, tiny_model):
-    from slimpipe.stages._fit import fit, steps_per_epoch
+    from slimpipe.stages.finetune import fit, steps_per_epoch
 
     model = tiny_model
     fit(model, ctx, epochs=2, batch_size=64, learning_rate=1e-3, lr_decay="cosine")

@@ -9,8 +9,8 @@ import slimpipe.pipeline  # noqa: F401
 from slimpipe.pipeline.artifacts import make_artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import save_keras
-from slimpipe.stages import _fit
-from slimpipe.stages._fit import _distillation, _teacher_logits as teacher_logits, fit
+from slimpipe.stages import finetune as _fit
+from slimpipe.stages.finetune import _distillation, _teacher_logits as teacher_logits, fit
 from slimpipe.stages.prune import Prune
 from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model

@@ -1,15 +1,74 @@
-"""Shared compile-and-fit for the stages that train (train, prune, ...).
+"""Fine-tuning: the parameters every training stage shares, and one compile-and-fit for all.
 
->>> history = fit(model, ctx, epochs=2, batch_size=64, learning_rate=1e-3,
-...               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+A training stage (train, prune, cluster, the QAT modes of quantize, structured_prune) derives
+from `FineTune`, so its recipe parameters `epochs`, `batch_size`, `learning_rate`, `lr_decay`,
+`distill`, `temperature` and `dropout` are declared and checked in one place; a stage changes
+only their defaults:
+
+>>> @dataclass(frozen=True)
+... class Cluster(FineTune):
+...     name: ClassVar[str] = "cluster"
+...     learning_rate: float = 1e-5
+>>> Cluster(epochs=1).fit(model, ctx)            # compile and fit with the stage's settings
+>>> fit(model, ctx, epochs=2, batch_size=64, learning_rate=1e-3,
+...     callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
 """
 from __future__ import annotations
 
 import math
 import os
 import sys
+from dataclasses import dataclass
+from typing import ClassVar
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.models import output_is_probabilities
+from slimpipe.pipeline.stage import check_choice, check_count, require
+
+LR_DECAYS = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """The fine-tuning parameters of a training stage (see `fit` for what each does)."""
+
+    name: ClassVar[str] = "fine-tune"
+    min_epochs: ClassVar[int] = 0  # a stage that must train at least this many epochs raises it
+
+    epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    lr_decay: str = "constant"
+    distill: float = 0.0
+    temperature: float = 4.0
+    dropout: float | None = None
+
+    def __post_init__(self):
+        n = self.name
+        check_count(n, "epochs", self.epochs, minimum=self.min_epochs)
+        check_count(n, "batch_size", self.batch_size, minimum=1)
+        require(_number(self.learning_rate) and self.learning_rate > 0, n, "learning_rate must be a "
+                f"number > 0 (e.g. 1e-3). Received: learning_rate={self.learning_rate!r}")
+        check_choice(n, "lr_decay", self.lr_decay, LR_DECAYS)
+        require(_number(self.distill) and 0 <= self.distill <= 1, n, "distill must be a weight in [0, 1] "
+                f"for the teacher's soft targets (0 = off). Received: distill={self.distill!r}")
+        require(_number(self.temperature) and self.temperature > 0, n, "temperature must be a number > 0 "
+                f"(e.g. 4). Received: temperature={self.temperature!r}")
+        require(self.dropout is None or _number(self.dropout) and 0 <= self.dropout < 1, n,
+                "dropout must be a rate in [0, 1) for this stage's fine-tuning, or unset to keep the "
+                f"model's own. Received: dropout={self.dropout!r}")
+
+    def fit(self, model, ctx, *, epochs: int | None = None, callbacks=(), lr_decay: str | None = None):
+        """Compile `model` in place and fit it with this stage's settings (`epochs` and
+        `lr_decay` may be given for one phase of the stage, e.g. a structured pruning round)."""
+        return fit(model, ctx, epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,
+                   learning_rate=self.learning_rate, callbacks=callbacks,
+                   lr_decay=self.lr_decay if lr_decay is None else lr_decay, distill=self.distill,
+                   temperature=self.temperature, dropout=self.dropout)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def verbosity() -> int:
@@ -20,47 +79,8 @@ def verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def output_is_probabilities(model) -> bool:
-    """Whether the model ends in a softmax (so the loss must not apply one again)."""
-    import tf_keras as keras
-
-    last = model.layers[-1]
-    # tfmot wrappers (pruning, clustering, QAT) keep the real layer in `.layer`.
-    while hasattr(last, "layer") and isinstance(last.layer, keras.layers.Layer):
-        last = last.layer
-    if isinstance(last, keras.layers.Softmax):
-        return True
-    return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
-
-
-def check_learning_rate(stage: str, value) -> None:
-    from slimpipe.pipeline.stage import require
-
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    require(ok, stage, f"learning_rate must be a number > 0 (e.g. 1e-3). Received: learning_rate={value!r}")
-
-
 def steps_per_epoch(ctx, batch_size: int) -> int:
     return math.ceil(len(ctx.data.x_train) / batch_size)
-
-
-LR_DECAYS = ("constant", "cosine")
-
-
-def check_lr_decay(stage: str, value) -> None:
-    from slimpipe.pipeline.stage import check_choice
-
-    check_choice(stage, "lr_decay", value, LR_DECAYS)
-
-
-def check_distill(stage: str, distill, temperature) -> None:
-    from slimpipe.pipeline.stage import require
-
-    ok = isinstance(distill, (int, float)) and not isinstance(distill, bool) and 0 <= distill <= 1
-    require(ok, stage, f"distill must be a weight in [0, 1] for the teacher's soft targets (0 = off). "
-            f"Received: distill={distill!r}")
-    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
-    require(ok, stage, f"temperature must be a number > 0 (e.g. 4). Received: temperature={temperature!r}")
 
 
 def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callbacks=(),
@@ -104,14 +124,6 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     finally:
         for layer, rate in rates:
             layer.rate = rate
-
-
-def check_dropout(stage: str, value) -> None:
-    from slimpipe.pipeline.stage import require
-
-    ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1)
-    require(ok, stage, f"dropout must be a rate in [0, 1) for this stage's fine-tuning, or unset to keep "
-            f"the model's own. Received: dropout={value!r}")
 
 
 def _set_dropout(model, rate: float) -> list:
