@@ -20,7 +20,9 @@ SPREAD_NOTE = ("In brackets after x faster: the lowest and highest ratio of sing
 SAME_SPEED = 0.10  # ratios within 10% of 1.0 count as "no speedup"
 
 
-def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -> dict[str, Any]:
+def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any],
+                 run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`run`: when the run finished, its command line and commit (`provenance.run_record`)."""
     artifacts = [_artifact_row(a, ctx) for a in ctx.artifacts
                  if a in ctx.measurable() or a.name == ctx.baseline]
     report = {
@@ -30,6 +32,7 @@ def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -
         "recipe": recipe,
         "baseline": ctx.baseline,
         "environment": environment,
+        "run": run,
         "stages": [dict(t) for t in ctx.stage_timings],
         "artifacts": artifacts,
         "notes": list(ctx.notes),
