@@ -18,7 +18,8 @@ ISA_FLAGS = ("avx", "avx2", "avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", 
              "fma", "f16c", "neon", "asimd")
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution (`tf_keras` or `tf-keras`), or None."""
     for name in (dist, dist.replace("_", "-")):
         try:
             return metadata.version(name)
@@ -56,7 +57,7 @@ def environment() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "versions": {name: _version(name) for name in PACKAGES},
+        "versions": {name: package_version(name) for name in PACKAGES},
         "cpu": cpu,
         "cores": os.cpu_count(),
         "isa": isa,

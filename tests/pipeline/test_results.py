@@ -175,8 +175,8 @@ def test_results_of_a_real_run_match_its_report(tmp_path, monkeypatch):
     monkeypatch.setenv("SLIMPIPE_QUIET", "1")
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"
-    np.savez(data, x_train=rng.integers(0, 255, (64, 12, 12, 1), dtype=np.uint8),
-             y_train=rng.integers(0, 3, 64), x_test=rng.integers(0, 255, (32, 12, 12, 1), dtype=np.uint8),
+    np.savez(data, x_train=rng.integers(0, 255, (64, 20, 20, 1), dtype=np.uint8),
+             y_train=rng.integers(0, 3, 64), x_test=rng.integers(0, 255, (32, 20, 20, 1), dtype=np.uint8),
              y_test=rng.integers(0, 3, 32))
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_RECIPE)
