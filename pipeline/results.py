@@ -79,8 +79,8 @@ def fastest_within(report: Mapping[str, Any], points: float) -> dict[str, Any] |
     if base is None or base.get("accuracy") is None:
         return None
     floor = base["accuracy"] - points / 100 - 1e-9
-    pool = [r for r in report["artifacts"] if deployable(r) and (r.get("accuracy") or -1) >= floor
-            and (point_1x1(r) or {}).get("p50_ms")]
+    pool = [r for r in report["artifacts"] if deployable(r) and r.get("accuracy") is not None
+            and r["accuracy"] >= floor and (point_1x1(r) or {}).get("p50_ms")]
     return min(pool, key=lambda r: (point_1x1(r)["p50_ms"], r["name"]), default=None)
 
 
@@ -95,10 +95,10 @@ def select(report: Mapping[str, Any], *, within: float = SMALLEST_WITHIN,
         roles.setdefault(dense["name"], []).append("dense baseline")
     smallest = smallest_within(report, within)
     if smallest is not None:
-        roles.setdefault(smallest["name"], []).append(f"smallest within {within:g} pts")
+        roles.setdefault(smallest["name"], []).append(f"smallest within {_points(within)}")
     fastest = fastest_within(report, fast_within)
     if fastest is not None:
-        roles.setdefault(fastest["name"], []).append(f"fastest within {fast_within:g} pts")
+        roles.setdefault(fastest["name"], []).append(f"fastest within {_points(fast_within)}")
     known = {r["name"] for r in rows}
     for name in names:
         if name in known:
@@ -107,6 +107,10 @@ def select(report: Mapping[str, Any], *, within: float = SMALLEST_WITHIN,
         if deployable(row):
             roles.setdefault(row["name"], [])
     return [(r, roles[r["name"]]) for r in rows if r["name"] in roles]
+
+
+def _points(v: float) -> str:
+    return f"{v:g} point" + ("" if v == 1 else "s")
 
 
 def _x(v) -> str:

@@ -74,10 +74,10 @@ def test_select_picks_the_baseline_the_smallest_and_the_fastest_deployable():
     report = make_report()
     picked = {row["name"]: roles for row, roles in select(report)}
     assert picked == {"trained.tflite": ["dense baseline"],
-                      "clustered.pcqat.sparse.tflite": ["smallest within 0.5 pts"],
-                      "structured.dynamic.tflite": ["fastest within 1 pts"]}
+                      "clustered.pcqat.sparse.tflite": ["smallest within 0.5 points"],
+                      "structured.dynamic.tflite": ["fastest within 1 point"]}
     wider = {row["name"]: roles for row, roles in select(report, within=5, fast_within=5)}
-    assert wider["tiny.tflite"] == ["smallest within 5 pts", "fastest within 5 pts"]
+    assert wider["tiny.tflite"] == ["smallest within 5 points", "fastest within 5 points"]
     every = [row["name"] for row, _ in select(report, every=True)]
     assert "clustered.onnx" not in every and "tiny.tflite" in every and "trained" not in every
 
@@ -88,7 +88,7 @@ def test_rendered_rows_carry_the_reports_figures():
     assert list(rows) == ["trained.tflite", "clustered.pcqat.sparse.tflite",
                           "structured.dynamic.tflite"]
     small = rows["clustered.pcqat.sparse.tflite"]
-    assert small[1:10] == ["smallest within 0.5 pts", "int8", "24,224", f"{527_116 / 24_224:.2f}x",
+    assert small[1:10] == ["smallest within 0.5 points", "int8", "24,224", f"{527_116 / 24_224:.2f}x",
                            "19,235", f"{488_270 / 19_235:.2f}x", "93.3%", "91.81%", "-0.47"]
     assert small[10] == "0.1150 (litert builtin)"
     ratios = [a / b for a, b in zip([0.080, 0.082, 0.090, 0.081], [0.11, 0.12, 0.118, 0.115])]
