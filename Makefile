@@ -21,8 +21,11 @@ ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 
 REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
 GATE_ARGS ?=
+# `make results`: the runs whose tables docs/benchmarks.md shows (default: every run in runs/).
+RUNS ?= $(patsubst %/report.json,%,$(sort $(wildcard runs/*/report.json)))
+RESULTS ?= docs/benchmarks.md
 
-.PHONY: setup data compress test test-deps bench gate clean
+.PHONY: setup data compress test test-deps bench gate results clean
 
 setup: $(VENV)/.installed data
 
@@ -58,6 +61,11 @@ gate: setup
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+
+# Stamped result tables from finished runs' report.json files (slimpipe results RUN ...).
+results: $(VENV)/.installed
+	@if [ -z "$(strip $(RUNS))" ]; then echo "make results: no runs: give RUNS=\"runs/a runs/b\" (folders with a report.json)" >&2; exit 2; fi
+	$(BIN)/slimpipe results $(RUNS) --out $(RESULTS)
 
 clean:
 	rm -rf runs .pytest_cache .benchmarks

@@ -3,6 +3,7 @@
     slimpipe compress --model cnn --dataset fashion_mnist            # the default recipe
     slimpipe compress --model my_model.keras --dataset npz:data.npz --recipe my.toml
     slimpipe list                                                     # models, data sets, stages
+    slimpipe results runs/a runs/b --out docs/benchmarks.md          # stamped result tables
 
 Errors a user can fix print one line and exit with code 2.
 """
@@ -19,11 +20,15 @@ from pathlib import Path
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
 from slimpipe.pipeline.gate_cli import add_gate_parser, run_gate
+from slimpipe.pipeline.results import add_results_parser, run_results
+from slimpipe.pipeline.startup import load_tensorflow
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slimpipe", description="Compress, export and benchmark Keras models.")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show TensorFlow's start-up notices and log messages")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="run a recipe on a model and a data set")
     c.add_argument("--model", default="cnn", help="a model name (see 'slimpipe list') or a path "
@@ -45,16 +50,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="run every stage again instead of reusing finished ones in --out")
     sub.add_parser("list", help="list models, data sets, stages and recipes")
     add_gate_parser(sub)
+    add_results_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for report.json's run record
     try:
         if args.command == "list":
             return _list()
         if args.command == "gate":
             return run_gate(args)
+        if args.command == "results":
+            return run_results(args)
+        load_tensorflow(verbose=args.verbose)  # its start-up notices only with --verbose
         return _compress(args)
     except StageError as exc:
         if args.debug:
@@ -117,6 +127,7 @@ def _compress(args) -> int:
     from slimpipe.pipeline.data import load_dataset
     from slimpipe.pipeline.html_report import write_html
     from slimpipe.pipeline.models import check_fit, resolve_model
+    from slimpipe.pipeline.provenance import run_record
     from slimpipe.pipeline.recipe import check_fits_model, load_recipe, parse_overrides
     from slimpipe.pipeline.report import build_report, write_plots, write_report
     from slimpipe.pipeline.runner import run_recipe, save_source
@@ -160,7 +171,8 @@ def _compress(args) -> int:
                  f"({', '.join(t['name'] for t in reused)}{took})"
                  + (f"; the measurements of '{measured[0]}', latency included, are that run's"
                     if measured else "") + "; pass --no-cache to run everything again.")
-    report = build_report(ctx, recipe=recipe.name, environment=environment())
+    report = build_report(ctx, recipe=recipe.name, environment=environment(),
+                          run=run_record(args.argv))
     images = write_plots(report, out)
     json_path, md_path = write_report(report, out)
     html_path = write_html(report, out, images)

@@ -23,7 +23,9 @@ from slimpipe.pipeline.plots import plot_pareto
 from slimpipe.pipeline.speed import int8_vs_float, sparse_kernels, sparsity_and_speed
 
 
-def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -> dict[str, Any]:
+def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any],
+                 run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`run`: when the run finished, its command line and commit (`provenance.run_record`)."""
     artifacts = [_artifact_row(a, ctx) for a in ctx.artifacts
                  if a in ctx.measurable() or a.name == ctx.baseline]
     report = {
@@ -33,6 +35,7 @@ def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -
         "recipe": recipe,
         "baseline": ctx.baseline,
         "environment": environment,
+        "run": run,
         "stages": [dict(t) for t in ctx.stage_timings],
         "artifacts": artifacts,
         "notes": list(ctx.notes),
