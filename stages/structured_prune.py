@@ -19,7 +19,7 @@ from slimpipe.pipeline.kerasio import clone_with_weights
 from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
 from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
 from slimpipe.stages.finetune import FineTune, fit
-from slimpipe.stages._surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
+from slimpipe.stages.surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
                              prune_channels, select_channels)
 
 TARGETS = ("params", "macs", "latency")
