@@ -27,6 +27,7 @@ def build_report(ctx: RunContext, *, recipe: str, environment: dict[str, Any]) -
         "slimpipe_version": __version__,
         "model": ctx.model_name,
         "dataset": ctx.data.name,
+        "data": ctx.data.record(),
         "recipe": recipe,
         "baseline": ctx.baseline,
         "environment": environment,
