@@ -418,7 +418,7 @@ def test_tfds_not_installed(monkeypatch):
 # ---- names and offline failures -------------------------------------------------------------
 
 def test_datasets_listing_names_every_form():
-    assert {"fashion_mnist", "mnist", "cifar10", "npz:PATH", "tfds:NAME"} <= set(DATASETS)
+    assert {"fashion_mnist", "mnist", "cifar10", "npz:PATH", "dir:PATH", "tfds:NAME"} <= set(DATASETS)
     assert all(isinstance(v, str) and "\n" not in v for v in DATASETS.values())
 
 
