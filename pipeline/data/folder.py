@@ -117,8 +117,11 @@ def load_image_folder(path: str | Path, *, image_size=None, channels: int | None
     every image is grayscale, else 3. Without train/ and test/ folders, `test_split` (default
     DEFAULT_TEST_SPLIT) of each class is the test split, chosen by `seed`.
     """
+    split = _check_test_split(test_split)
     listing = list_image_folder(path)
-    split = _check_test_split(test_split, listing)
+    if test_split is not None and listing.test is not None:
+        raise ConfigError(f"'{listing.root}' has train/ and test/ folders, which are the splits, "
+                          f"but --test-split {test_split} was given too: drop --test-split")
     size = tuple(image_size or DEFAULT_IMAGE_SIZE)
     if channels not in (None, 1, 3, 4):
         raise ConfigError(f"the model takes {channels}-channel images; images from a folder can be "
@@ -155,12 +158,9 @@ def load_image_folder(path: str | Path, *, image_size=None, channels: int | None
     return Dataset(f"dir:{path}", x_train, y_train, x_test, y_test, listing.classes, details=details)
 
 
-def _check_test_split(test_split, listing: Listing) -> float:
+def _check_test_split(test_split) -> float:
     if test_split is None:
         return DEFAULT_TEST_SPLIT
-    if listing.test is not None:
-        raise ConfigError(f"'{listing.root}' has train/ and test/ folders, which are the splits, "
-                          f"but --test-split {test_split} was given too: drop --test-split")
     ok = isinstance(test_split, (int, float)) and not isinstance(test_split, bool) and 0 < test_split < 1
     if not ok:
         raise ConfigError(f"--test-split must be a fraction between 0 and 1, e.g. 0.2. Received: "

@@ -172,3 +172,16 @@ def test_streamed_batches_cover_the_split_and_predict_matches(tmp_path):
     model = keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
     np.testing.assert_allclose(ds.predict(model, "test", batch_size=7),
                                model.predict(ds.x_test[:], verbose=0), rtol=1e-6, atol=1e-6)
+
+
+def test_streamed_training_batches_equal_the_in_memory_ones(tmp_path):
+    """Below 10,000 training examples both pipelines shuffle the whole split with the same seed,
+    so a folder trains exactly as the same pixels held in memory would."""
+    from slimpipe.pipeline.data import Dataset
+
+    root = write(tmp_path / "d", fashion([1, 2, 3], [12, 12, 12]))
+    ds = load_dataset(f"dir:{root}", image_size=(28, 28))
+    eager = Dataset("eager", ds.x_train[:], ds.y_train, ds.x_test[:], ds.y_test, ds.labels)
+    for a, b in zip(ds.train_dataset(8, seed=5), eager.train_dataset(8, seed=5)):
+        np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+        np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())

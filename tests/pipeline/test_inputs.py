@@ -110,3 +110,23 @@ def test_model_with_rescaling_gets_0_255_and_the_wrong_range_fails(tmp_path, fol
     assert any("range 0-255 (detected" in note for note in report["notes"])
     meta = json.loads((next(out.glob("*-bundle")) / "source.tflite" / "metadata.json").read_text())
     assert meta["input"]["normalization"]["scale"] == 1.0
+
+
+def _fails(capsys, argv, match):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+    assert err.startswith("slimpipe: error: ") and "Traceback" not in err
+
+
+def test_bad_folders_and_options_fail_in_one_line_before_writing(tmp_path, folder, capsys):
+    out = tmp_path / "out"
+    base = ["compress", "--out", str(out), "--image-size", "28x28", "--dataset"]
+    (folder / NAMES[3] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    _fails(capsys, base + [f"dir:{folder}"], f"{NAMES[3]}/broken.png' is not a decodable image")
+    (folder / NAMES[3] / "broken.png").unlink()
+    (folder / "empty_class").mkdir()
+    _fails(capsys, base + [f"dir:{folder}"], "empty_class' has no images")
+    _fails(capsys, base + ["fashion_mnist", "--test-split", "0.3"], "--test-split applies to image folders")
+    _fails(capsys, base + [f"dir:{folder}", "--test-split", "1.5"], "--test-split must be a fraction")
+    assert not out.exists() and not list((tmp_path / "cache").rglob("*.u8"))
