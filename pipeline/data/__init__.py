@@ -40,8 +40,7 @@ DATASETS: dict[str, str] = {
     "mnist": "MNIST: 28x28x1 handwritten digits, 10 classes, 60k train / 10k test",
     "cifar10": "CIFAR-10: 32x32x3 photos, 10 classes, 50k train / 10k test",
     "npz:PATH": "your own .npz with arrays x_train, y_train, x_test, y_test (optional labels)",
-    "dir:PATH": "your own images (JPEG, PNG, BMP, GIF): PATH/<class>/..., or PATH/train/<class>/... and "
-                "PATH/test/<class>/...; resized to the model's input (--image-size for built-in models)",
+    "dir:PATH": "your own images (JPEG, PNG, BMP, GIF), one subfolder per class (or train/ and test/ of them)",
     "tfds:NAME": "any TensorFlow Datasets image-classification set, e.g. tfds:rock_paper_scissors "
                  "(needs tensorflow-datasets)",
 }

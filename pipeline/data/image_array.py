@@ -73,7 +73,8 @@ class ImageArray:
     def tf_dataset(self, targets, batch_size: int, *, shuffle: bool, seed: int):
         """A tf.data pipeline of (x, targets) batches (x alone when `targets` is None) that
         reads each batch from disk when it is needed. Shuffling permutes row numbers (8 bytes
-        each), so the whole split is shuffled, not a window of it."""
+        each), so the whole split is shuffled, not a window of it; up to 10,000 examples the
+        batches are those of the same arrays held in memory (`Dataset.train_dataset`)."""
         import tensorflow as tf
 
         n = len(self)
