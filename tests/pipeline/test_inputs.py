@@ -129,4 +129,10 @@ def test_bad_folders_and_options_fail_in_one_line_before_writing(tmp_path, folde
     _fails(capsys, base + [f"dir:{folder}"], "empty_class' has no images")
     _fails(capsys, base + ["fashion_mnist", "--test-split", "0.3"], "--test-split applies to image folders")
     _fails(capsys, base + [f"dir:{folder}", "--test-split", "1.5"], "--test-split must be a fraction")
+    import tf_keras as keras
+
+    model = tmp_path / "m.h5"
+    keras.Sequential([keras.layers.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]).save(model)
+    _fails(capsys, base + [f"dir:{folder}", "--model", str(model)],
+           "--image-size 28x28 but the model takes 32x32 images")
     assert not out.exists() and not list((tmp_path / "cache").rglob("*.u8"))
