@@ -13,13 +13,15 @@ from slimpipe.pipeline.errors import ConfigError
 
 def predict_all(runtime, x: np.ndarray, *, batch: int = 256) -> np.ndarray:
     """Logits of `runtime` for every sample of `x`, `batch` samples at a time (last batch may
-    be smaller)."""
+    be smaller); `x` is an array or anything that slices like one into arrays."""
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ConfigError(f"predict_all: batch must be an integer >= 1. Received: batch={batch!r}")
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim < 1 or len(x) == 0:
+    if not hasattr(x, "shape"):
+        x = np.asarray(x, dtype=np.float32)
+    if len(x.shape) < 1 or len(x) == 0:
         raise ConfigError(f"predict_all needs at least one sample. Received: shape {x.shape}")
-    parts = [np.asarray(runtime.predict(x[i:i + batch]), dtype=np.float32)
+    # One batch at a time: `x` may be an array-like read from disk per slice (an ImageArray).
+    parts = [np.asarray(runtime.predict(np.asarray(x[i:i + batch], dtype=np.float32)), dtype=np.float32)
              for i in range(0, len(x), batch)]
     return np.concatenate(parts, axis=0)
 

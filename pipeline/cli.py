@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="run a recipe on a model and a data set")
     c.add_argument("--model", default="cnn", help="a model name (see 'slimpipe list') or a path "
                    "to a saved Keras model (.keras, .h5 or SavedModel folder)")
-    c.add_argument("--dataset", default="fashion_mnist", help="a data set name, npz:PATH or tfds:NAME")
+    c.add_argument("--dataset", default="fashion_mnist",
+                   help="a data set name, npz:PATH, dir:PATH (a folder of class folders of images) or tfds:NAME")
     c.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml file")
     c.add_argument("--out", default=None, help="output folder (default: runs/MODEL-DATASET)")
     c.add_argument("--epochs", type=int, default=None, help="override the train stage's epochs")
@@ -44,6 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--width", type=float, default=1.0, help="width multiplier for built-in models")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--data-dir", default=None, help="where data set files are (else the usual places)")
+    c.add_argument("--image-size", type=_image_size, default=None, metavar="HxW",
+                   help="resize images to HxW, e.g. 64x64 (dir: with a built-in model: default 64x64; "
+                        "with a model file, images take its input size)")
+    c.add_argument("--test-split", type=float, default=None,
+                   help="dir: without train/ and test/ folders: this fraction of each class is the "
+                        "test split, chosen by --seed (default 0.2)")
+    c.add_argument("--skip-bad-images", action="store_true",
+                   help="dir: leave out files that do not decode as images (counted in the report) "
+                        "instead of stopping")
+    c.add_argument("--input-range", default="auto", choices=("auto", "0-1", "0-255"),
+                   help="pixel range the model expects: auto detects a Rescaling/Normalization layer at "
+                        "a model file's input (0-255), else 0-1")
     c.add_argument("--allow-unsafe-model", action="store_true",
                    help="load models with Lambda layers (runs code from the file)")
     c.add_argument("--no-cache", action="store_true",
@@ -116,6 +129,14 @@ def _parameters(stage_class) -> str:
                                    subsequent_indent="  ", break_on_hyphens=False))
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """argparse type for --image-size: "HxW" or "N" (square)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2) or match.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW with whole numbers >= 1, e.g. 64x64. Received: {text!r}")
+    return int(match.group(1)), int(match.group(2) or match.group(1))
+
+
 def default_out(model: str, dataset: str) -> Path:
     stem = Path(model).stem if os.sep in model or "." in model else model
     return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{dataset}")
@@ -124,9 +145,8 @@ def default_out(model: str, dataset: str) -> Path:
 def _compress(args) -> int:
     from slimpipe.benchmarks.environment import environment
     from slimpipe.pipeline.context import RunContext
-    from slimpipe.pipeline.data import load_dataset
     from slimpipe.pipeline.html_report import write_html
-    from slimpipe.pipeline.models import check_fit, resolve_model
+    from slimpipe.pipeline.inputs import RunOptions, load_inputs
     from slimpipe.pipeline.provenance import run_record
     from slimpipe.pipeline.recipe import check_fits_model, load_recipe, parse_overrides
     from slimpipe.pipeline.report import build_report, write_plots, write_report
@@ -144,11 +164,11 @@ def _compress(args) -> int:
         overrides.setdefault("train", {})["epochs"] = args.epochs
     # Everything that can be checked is checked before any output is written.
     recipe = load_recipe(args.recipe, STAGES, overrides=overrides)
-    data = load_dataset(args.dataset, limit=args.limit, data_dir=args.data_dir, seed=args.seed)
-    model, trained = resolve_model(args.model, input_shape=data.input_shape,
-                                   num_classes=data.num_classes, width=args.width,
-                                   seed=args.seed, allow_unsafe=args.allow_unsafe_model)
-    check_fit(model, data)
+    inputs = load_inputs(args.model, args.dataset, RunOptions(
+        seed=args.seed, width=args.width, limit=args.limit, data_dir=args.data_dir,
+        image_size=args.image_size, test_split=args.test_split, skip_bad_images=args.skip_bad_images,
+        input_range=args.input_range, allow_unsafe_model=args.allow_unsafe_model, log=print))
+    model, trained, data = inputs.model, inputs.trained, inputs.data
     for text in check_fits_model(recipe, model, data):
         print(f"[slimpipe] note: {text}")
 
@@ -157,6 +177,8 @@ def _compress(args) -> int:
     _clear_previous_run(out, keep=set() if args.no_cache else keep)
     _deterministic(args.seed)
     ctx = RunContext(data=data, out_dir=out, model_name=args.model, seed=args.seed)
+    for note in inputs.notes:
+        ctx.note(note)
     print(f"[slimpipe] {args.model} on {data.name}: {len(data.x_train)} training and "
           f"{len(data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
     source = save_source(ctx, model, spec=args.model, width=args.width, trained=trained,

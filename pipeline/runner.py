@@ -28,6 +28,7 @@ from typing import Any, Callable, ClassVar
 from slimpipe.pipeline import __version__
 from slimpipe.pipeline.artifacts import Artifact, canonical_json, content_sha256
 from slimpipe.pipeline.context import RunContext
+from slimpipe.pipeline.data import hash_array
 from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
 from slimpipe.pipeline.recipe import Recipe
 from slimpipe.pipeline.stage import stage_config
@@ -125,8 +126,7 @@ def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str,
 def data_fingerprint(data) -> str:
     h = hashlib.sha256(data.name.encode())
     for arr in (data.x_train, data.y_train, data.x_test, data.y_test):
-        h.update(str((arr.shape, arr.dtype)).encode())
-        h.update(memoryview(arr).cast("B") if arr.flags.c_contiguous else arr.tobytes())
+        hash_array(h, arr)
     return h.hexdigest()
 
 

@@ -150,9 +150,7 @@ def _set_dropout(model, rate: float) -> list:
 def _with_teacher(ctx, batch_size: int):
     """The training set with targets [label, teacher logits...] (one float row per example)."""
     import numpy as np
-    import tensorflow as tf
 
-    from slimpipe.pipeline.data import batched
     from slimpipe.pipeline.errors import ConfigError
 
     if not ctx.baseline:
@@ -160,9 +158,7 @@ def _with_teacher(ctx, batch_size: int):
                           "this stage, or set distill = 0")
     logits = ctx.memo(("teacher_logits", ctx.find(ctx.baseline).id), lambda: _teacher_logits(ctx))
     labels = np.asarray(ctx.data.y_train, dtype=np.float32).reshape(-1, 1)
-    ds = tf.data.Dataset.from_tensor_slices((ctx.data.x_train, np.concatenate([labels, logits], 1)))
-    ds = ds.shuffle(min(len(labels), 10_000), seed=ctx.seed, reshuffle_each_iteration=True)
-    return batched(ds, batch_size)
+    return ctx.data.train_dataset(batch_size, seed=ctx.seed, targets=np.concatenate([labels, logits], 1))
 
 
 def _teacher_logits(ctx):
@@ -171,7 +167,7 @@ def _teacher_logits(ctx):
     import numpy as np
 
     teacher = ctx.keras_model(ctx.find(ctx.baseline))
-    logits = teacher.predict(ctx.data.x_train, batch_size=512, verbose=0).astype(np.float32)
+    logits = ctx.data.predict(teacher, "train", batch_size=512).astype(np.float32)
     return np.log(np.clip(logits, 1e-7, 1.0)) if output_is_probabilities(teacher) else logits
 
 

@@ -221,5 +221,5 @@ def _width(layer) -> int:
 
 def _accuracy(model, ctx) -> float:
     """Top-1 accuracy on the run's test split (a progress signal; `benchmark` measures for real)."""
-    logits = model.predict(ctx.data.x_test, batch_size=256, verbose=0)
+    logits = ctx.data.predict(model, "test", batch_size=256)
     return round(float(np.mean(np.argmax(logits, axis=1) == ctx.data.y_test)), 4)

@@ -13,6 +13,7 @@ import pytest
 
 import slimpipe.pipeline  # noqa: F401  (legacy Keras before TensorFlow)
 from slimpipe.pipeline import data as data_mod
+from slimpipe.pipeline.data import tfds_sets
 from slimpipe.pipeline.data import (DATASETS, FASHION_MNIST_LABELS, IDX_FILES, load_dataset, read_idx,
                            stratified_subset)
 from slimpipe.pipeline.errors import ConfigError
@@ -394,7 +395,7 @@ def test_tfds_mock_rock_paper_scissors():
 
 def test_tfds_without_test_split_carves_last_fifth(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets not installed")
-    monkeypatch.setattr(data_mod, "_has_test_split", lambda info: False)
+    monkeypatch.setattr(tfds_sets, "_has_test_split", lambda info: False)
     with tfds.testing.mock_data(num_examples=10):
         ds = load_dataset("tfds:rock_paper_scissors", image_size=(8, 8))
     assert len(ds.x_train) == 8 and len(ds.x_test) == 2
@@ -417,7 +418,7 @@ def test_tfds_not_installed(monkeypatch):
 # ---- names and offline failures -------------------------------------------------------------
 
 def test_datasets_listing_names_every_form():
-    assert {"fashion_mnist", "mnist", "cifar10", "npz:PATH", "tfds:NAME"} <= set(DATASETS)
+    assert {"fashion_mnist", "mnist", "cifar10", "npz:PATH", "dir:PATH", "tfds:NAME"} <= set(DATASETS)
     assert all(isinstance(v, str) and "\n" not in v for v in DATASETS.values())
 
 

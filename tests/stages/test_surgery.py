@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from slimpipe.benchmarks.complexity import keras_complexity
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.stages._surgery import (analyze_groups, channel_scores, complexity_model, prune_channels,
+from slimpipe.stages.surgery import (analyze_groups, channel_scores, complexity_model, prune_channels,
                              prunable_groups, select_channels)
 
 L = keras.layers
