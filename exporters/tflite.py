@@ -57,22 +57,7 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
 
     Raises ConfigError for bad arguments and StageError (cause chained) if the converter fails.
     """
-    if mode not in MODES:
-        raise ConfigError(f"TFLite export mode must be one of {', '.join(MODES)}. "
-                          f"Received: mode={mode!r}")
-    if not isinstance(sparse, bool):
-        raise ConfigError(f"TFLite export: sparse must be True or False. Received: sparse={sparse!r}")
-    if not isinstance(strip_names, bool):
-        raise ConfigError(f"TFLite export: strip_names must be True or False. "
-                          f"Received: strip_names={strip_names!r}")
-    if io not in IO_TYPES:
-        raise ConfigError(f"TFLite export: io must be 'int8' or 'float'. Received: io={io!r}")
-    if not isinstance(per_channel, bool):
-        raise ConfigError(f"TFLite export: per_channel must be True or False. "
-                          f"Received: per_channel={per_channel!r}")
-    if sparse_layout not in SPARSE_LAYOUTS:
-        raise ConfigError(f"TFLite export: sparse_layout must be one of {', '.join(SPARSE_LAYOUTS)}. "
-                          f"Received: sparse_layout={sparse_layout!r}")
+    _check_options(mode, sparse, strip_names, io, per_channel, sparse_layout)
     rep = _check_representative(model, mode, representative)
     path = Path(path)
 
@@ -107,6 +92,25 @@ def export_tflite(model, path, *, mode: str = "float32", sparse: bool = False,
     if sparse and sparse_layout == "smallest":
         flatbuffer = smallest_checked(flatbuffer)
     return write_bytes_atomic(path, _stripped(flatbuffer) if strip_names else flatbuffer)
+
+
+def _check_options(mode, sparse, strip_names, io, per_channel, sparse_layout) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"TFLite export mode must be one of {', '.join(MODES)}. "
+                          f"Received: mode={mode!r}")
+    if not isinstance(sparse, bool):
+        raise ConfigError(f"TFLite export: sparse must be True or False. Received: sparse={sparse!r}")
+    if not isinstance(strip_names, bool):
+        raise ConfigError(f"TFLite export: strip_names must be True or False. "
+                          f"Received: strip_names={strip_names!r}")
+    if io not in IO_TYPES:
+        raise ConfigError(f"TFLite export: io must be 'int8' or 'float'. Received: io={io!r}")
+    if not isinstance(per_channel, bool):
+        raise ConfigError(f"TFLite export: per_channel must be True or False. "
+                          f"Received: per_channel={per_channel!r}")
+    if sparse_layout not in SPARSE_LAYOUTS:
+        raise ConfigError(f"TFLite export: sparse_layout must be one of {', '.join(SPARSE_LAYOUTS)}. "
+                          f"Received: sparse_layout={sparse_layout!r}")
 
 
 def smallest_checked(flatbuffer: bytes, *, samples: int = 4) -> bytes:
