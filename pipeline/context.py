@@ -3,6 +3,8 @@
 It holds the data set, every artifact made so far (in order), the measurements the benchmark
 stage took, notes for the report, an in-memory cache of Keras models so that a stage does
 not reload the file its predecessor just wrote, and a memo for other per-run results.
+Stages read it; what a stage adds to the run (artifacts, notes, measurements, the baseline)
+it returns as a `pipeline.stage.StageResult`, which the runner adds here.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.data import hash_array
 from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
 from slimpipe.pipeline.recipe import Recipe
-from slimpipe.pipeline.stage import stage_config
+from slimpipe.pipeline.stage import StageResult, stage_config
 
 MANIFEST = ".slimpipe-stage.json"
 
@@ -59,7 +59,7 @@ def save_source(ctx: RunContext, model, *, spec: str, width: float, trained: boo
                                  meta={"trained": trained})
         finally:
             ctx.stage_dir = None
-        _commit(ctx, tmp, folder, [art], key, _Delta.start(ctx))
+        _commit(ctx, tmp, folder, StageResult([art]), key)
     art = ctx.find("source")
     if trained:
         ctx.baseline = art.name
@@ -75,11 +75,12 @@ def run_recipe(recipe: Recipe, source: Artifact, ctx: RunContext,
         label = f"{i:02d}-{step.name}"
         started = time.perf_counter()
         key = step_key(ctx, step.name, step.stage, current=current)
-        outputs = _reuse(ctx, ctx.out_dir / label, key) if cache else None
-        reused = outputs is not None
+        result = _reuse(ctx, ctx.out_dir / label, key) if cache else None
+        reused = result is not None
         if not reused:
             log(f"[slimpipe] ({i} of {total}) {step.name} on '{current.name}'")
-            outputs = _run_step(step, label, current, ctx, key, started)
+            result = _run_step(step, label, current, ctx, key, started)
+        outputs = result.artifacts
         seconds = time.perf_counter() - started
         timing = {"name": step.name, "stage": step.stage.name, "folder": label,
                   "seconds": round(seconds, 3), "reused": reused}
@@ -95,12 +96,25 @@ def run_recipe(recipe: Recipe, source: Artifact, ctx: RunContext,
     return current
 
 
+def run_stage(stage, art: Artifact, ctx: RunContext) -> list[Artifact]:
+    """Run one stage outside a recipe, into `ctx.stage_dir` (set by the caller), and add its
+    result to the run as the runner does (artifacts, notes, measurements, baseline); returns the
+    artifacts it made. Nothing is cached.
+
+    >>> ctx.stage_dir = out / "prune"
+    >>> [pruning] = run_stage(Prune(final_sparsity=0.8), trained, ctx)
+    """
+    result = StageResult.of(stage.run(art, ctx))
+    _apply(ctx, result)
+    return result.artifacts
+
+
 def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str,
-              started: float) -> list[Artifact]:
-    tmp, delta = _tmp_dir(ctx.out_dir, label), _Delta.start(ctx)
+              started: float) -> StageResult:
+    tmp = _tmp_dir(ctx.out_dir, label)
     ctx.stage_dir = tmp
     try:
-        outputs = step.stage.run(current, ctx)
+        result = StageResult.of(step.stage.run(current, ctx))
     except SlimpipeError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -111,15 +125,14 @@ def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str,
     finally:
         ctx.stage_dir = None
     taken = {a.name for a in ctx.artifacts}
-    clash = [a.name for a in outputs if a.name in taken]
+    clash = [a.name for a in result.artifacts if a.name in taken]
     if clash:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigError(f"step '{step.name}' made {', '.join(map(repr, clash))}, a name an earlier step "
                           "already gave an artifact, so the report could not tell the two apart. Fix: "
                           "give the step options that differ in its output (e.g. sparse, per_channel, "
                           "mode) or remove one of the two steps")
-    return _commit(ctx, tmp, ctx.out_dir / label, outputs, key, delta,
-                   seconds=time.perf_counter() - started)
+    return _commit(ctx, tmp, ctx.out_dir / label, result, key, seconds=time.perf_counter() - started)
 
 
 # -- cache keys and manifests -----------------------------------------------------------------
@@ -140,41 +153,32 @@ def step_key(ctx: RunContext, step: str, stage: Any, *, current: Artifact | None
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()
 
 
-@dataclass
-class _Delta:
-    """What a stage changed in the context besides its artifacts (to replay on reuse)."""
-
-    baseline: str | None
-    measured: dict[str, str]
-    notes: int
-
-    @classmethod
-    def start(cls, ctx: RunContext) -> "_Delta":
-        return cls(ctx.baseline, {k: canonical_json(v) for k, v in ctx.measurements.items()},
-                   len(ctx.notes))
-
-    def record(self, ctx: RunContext) -> dict[str, Any]:
-        changed = {k: v for k, v in ctx.measurements.items()
-                   if self.measured.get(k) != canonical_json(v)}
-        return {"baseline": ctx.baseline if ctx.baseline != self.baseline else None,
-                "measurements": json.loads(canonical_json(changed)),
-                "notes": ctx.notes[self.notes:]}
-
-
-def _commit(ctx, tmp: Path, final: Path, outputs: list[Artifact], key: str,
-            delta: _Delta, seconds: float | None = None) -> list[Artifact]:
-    """Write the manifest, rename the finished folder into place, point artifacts at it."""
+def _commit(ctx, tmp: Path, final: Path, result: StageResult, key: str,
+            seconds: float | None = None) -> StageResult:
+    """Write the manifest, rename the finished folder into place, add the result to the run."""
     tmp.mkdir(parents=True, exist_ok=True)
     moved = [dataclasses.replace(a, path=final / Path(a.path).relative_to(tmp))
-             if Path(a.path).is_relative_to(tmp) else a for a in outputs]
-    manifest = {"key": key, "outputs": [a.record() | {"path": str(a.path.relative_to(final))}
-                                        for a in moved], **delta.record(ctx),
+             if Path(a.path).is_relative_to(tmp) else a for a in result.artifacts]
+    result = dataclasses.replace(result, artifacts=moved)
+    manifest = {"key": key, "outputs": [a.record() | {"path": str(a.path.relative_to(final))} for a in moved],
+                "baseline": result.baseline, "notes": result.notes,
+                "measurements": json.loads(canonical_json(result.measurements)),
                 "seconds": None if seconds is None else round(seconds, 3)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    ctx.artifacts.extend(moved)
-    return moved
+    _apply(ctx, result)
+    return result
+
+
+def _apply(ctx: RunContext, result: StageResult) -> None:
+    """Add a step's result to the run: its artifacts, measurements, notes and baseline."""
+    ctx.artifacts.extend(result.artifacts)
+    ctx.measurements.update(result.measurements)
+    for note in result.notes:
+        ctx.note(note)
+    if result.baseline:
+        ctx.baseline = result.baseline
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -185,22 +189,19 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _reuse(ctx: RunContext, folder: Path, key: str) -> list[Artifact] | None:
+def _reuse(ctx: RunContext, folder: Path, key: str) -> StageResult | None:
     """Adopt a finished folder whose manifest has `key` and whose files are intact; returns
-    its artifacts, or None when it cannot be reused."""
+    its result, or None when it cannot be reused."""
     manifest = _manifest(folder)
     if not manifest or manifest.get("key") != key:
         return None
     outputs = [Artifact.from_record(r, folder) for r in manifest["outputs"]]
     if any(not a.path.exists() or content_sha256(a.path) != a.sha256 for a in outputs):
         return None
-    ctx.artifacts.extend(outputs)
-    if manifest.get("baseline"):
-        ctx.baseline = manifest["baseline"]
-    ctx.measurements.update(manifest.get("measurements", {}))
-    for note in manifest.get("notes", []):
-        ctx.note(note)
-    return outputs
+    result = StageResult(outputs, list(manifest.get("notes", [])), dict(manifest.get("measurements", {})),
+                         manifest.get("baseline"))
+    _apply(ctx, result)
+    return result
 
 
 def _tmp_dir(out_dir: Path, label: str) -> Path:

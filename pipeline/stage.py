@@ -13,8 +13,15 @@ and turns one input artifact into output artifacts without mutating the input:
 ...         model = strip_pruning(ctx.keras_model(art))
 ...         return [ctx.save_model(self, model, "pruned", parent=art, kind="keras")]
 
+`run` returns the artifacts it made, or a `StageResult` when it also has notes for the report,
+measurements or a new baseline: a stage never writes into the run context; the runner adds
+what it returns (and replays it when the step is reused from the cache).
+
 A stage may also declare `requires`, the stage types that must run earlier in the recipe
 (bundle needs benchmark's measurements); the recipe is checked for them before anything runs.
+And it may define `check(model, data)`, which the CLI calls for every step before the first one
+runs: it raises a ConfigError for what will not fit the model (a layer name that is not there)
+and returns notes for what it will do differently than asked.
 
 `produces` is the kind of the Keras artifact that the next stage receives. A stage whose
 outputs are only files for deployment (export, benchmark) has `produces = None`, and the next
@@ -23,6 +30,7 @@ stage gets the same input this one got.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from slimpipe.pipeline.errors import ConfigError
@@ -37,7 +45,30 @@ class Stage(Protocol):
     accepts: ClassVar[tuple[str, ...]]
     produces: ClassVar[str | None]
 
-    def run(self, art: "Artifact", ctx: "RunContext") -> list["Artifact"]: ...
+    def run(self, art: "Artifact", ctx: "RunContext") -> "StageResult | list[Artifact]": ...
+
+
+@dataclass
+class StageResult:
+    """Everything a stage's run gives the run: the artifacts it made, notes for the report,
+    measurements of artifacts ({artifact name: record}, the benchmark stage's), and the name of
+    the artifact that becomes the run's dense baseline (the train stage's). The runner adds them
+    to the run and records them in the step's manifest, so a reused step gives the same.
+    A stage that only makes artifacts may return the list of them instead.
+    """
+
+    artifacts: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    measurements: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    @classmethod
+    def of(cls, returned) -> "StageResult":
+        return returned if isinstance(returned, StageResult) else cls(artifacts=list(returned or []))
 
 
 def stage_config(stage: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from slimpipe.pipeline.artifacts import KERAS_KINDS, Artifact
 from slimpipe.pipeline.context import RunContext
-from slimpipe.pipeline.stage import check_count, require
+from slimpipe.pipeline.stage import StageResult, check_count, require
 
 from slimpipe.benchmarks.accuracy import accuracy, predict_all, top1_agreement
 from slimpipe.benchmarks.eligibility import eligibility
@@ -71,7 +71,7 @@ class Benchmark:
         if self.accuracy_limit is not None:
             check_count(self.name, "accuracy_limit", self.accuracy_limit, minimum=1)
 
-    def run(self, art: Artifact, ctx: RunContext) -> list[Artifact]:
+    def run(self, art: Artifact, ctx: RunContext) -> StageResult:
         x, y = ctx.data.x_test, ctx.data.y_test
         if self.accuracy_limit:
             x, y = x[: self.accuracy_limit], y[: self.accuracy_limit]
@@ -79,19 +79,20 @@ class Benchmark:
         if ctx.baseline:
             reference = predict_all(open_runtime(ctx.find(ctx.baseline).path, "keras"), x)
         gpus = gpu_devices()
-        jobs = []
+        jobs, measured = [], {}
         for target in ctx.measurable():
-            ctx.measurements[target.name], target_jobs = self._measure(target, x, y, reference, gpus)
+            measured[target.name], target_jobs = self._measure(target, x, y, reference, gpus)
             jobs += target_jobs
         if self.sparse_kernels:
-            jobs += self._sparse_kernels(ctx, x)
-        self._time(ctx, jobs)
+            jobs += self._sparse_kernels(ctx, x, measured)
+        self._time(measured, jobs)
+        result = StageResult(measurements=measured)
         if not gpus:
-            ctx.note("No GPU in this environment (no CUDA/TensorRT provider for onnxruntime, no TF "
-                     "GPU): the report has CPU rows only.")
+            result.note("No GPU in this environment (no CUDA/TensorRT provider for onnxruntime, no TF "
+                        "GPU): the report has CPU rows only.")
         path = ctx.stage_path("measurements.json")
-        path.write_text(json.dumps(ctx.measurements, indent=2, sort_keys=True))
-        return []
+        path.write_text(json.dumps(measured, indent=2, sort_keys=True))
+        return result
 
     def _measure(self, target: Artifact, x, y, reference, gpus) -> tuple[dict, list]:
         m = {**file_size(target.path), **weight_sparsity(target.path, target.format)}
@@ -112,17 +113,16 @@ class Benchmark:
         return m, [self._job(target, device, threads, batch, x) for device in devices
                    for threads, batch in self.latency]
 
-    def _sparse_kernels(self, ctx: RunContext, x) -> list:
+    def _sparse_kernels(self, ctx: RunContext, x, measured: dict) -> list:
         """Eligibility labels, the builtin-kernel A/B and the CSR reference for sparse artifacts."""
-        sparse = [t for t in ctx.measurable()
-                  if (ctx.measurements[t.name].get("sparsity") or 0) >= SPARSE_MIN]
+        sparse = [t for t in ctx.measurable() if (measured[t.name].get("sparsity") or 0) >= SPARSE_MIN]
         builtin = [t for t in sparse if t.format == "tflite"]
         if builtin:  # the dense counterpart the report's ratios are taken against
             builtin += [a for a in ctx.measurable() if a.format == "tflite" and a.parent == ctx.baseline
                         and not a.meta.get("sparse_storage") and a.meta.get("mode") in (None, "float32")
                         and a not in builtin]
         for target in sparse:
-            m = ctx.measurements[target.name]
+            m = measured[target.name]
             if target.format == "keras":
                 m["sparse_kernel"] = csr_reference(target.path, warmup=min(self.warmup, 5),
                                                    min_seconds=min(self.min_seconds, 0.2))
@@ -130,13 +130,13 @@ class Benchmark:
                 m["eligibility"] = eligibility(target.path, target.format)
         return [self._job(target, "cpu", 1, 1, x, resolver="builtin") for target in builtin]
 
-    def _time(self, ctx: RunContext, jobs: list) -> None:
+    def _time(self, measured: dict, jobs: list) -> None:
         """Every latency row, timed in interleaved passes (see interleaved_latency): a slower
         stretch of the machine then falls on every artifact, not on the ones timed last."""
         stats = interleaved_latency({str(i): job[-1] for i, job in enumerate(jobs)}, passes=self.passes,
                                     warmup=self.warmup, min_runs=self.min_runs, min_seconds=self.min_seconds)
         for i, (name, row, _) in enumerate(jobs):
-            ctx.measurements[name]["latency"].append({**row, **stats[str(i)]})
+            measured[name]["latency"].append({**row, **stats[str(i)]})
 
     def _job(self, target: Artifact, device: str, threads: int, batch: int, x,
              resolver: str = "default") -> tuple[str, dict, object]:

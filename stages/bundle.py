@@ -8,7 +8,7 @@ from typing import ClassVar
 from slimpipe.pipeline.artifacts import KERAS_KINDS, Artifact, content_sha256
 from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError, StageError
-from slimpipe.pipeline.stage import require
+from slimpipe.pipeline.stage import StageResult, require
 
 from slimpipe.pipeline.atomic import write_bytes_atomic
 from slimpipe.exporters.bundle import build_metadata, write_bundle
@@ -48,26 +48,8 @@ class Bundle:
         require(ok, self.name, f"formats must be a non-empty subset of {FORMATS}. "
                 f"Received: formats={self.formats!r}")
 
-    def run(self, art: Artifact, ctx: RunContext) -> list[Artifact]:
-        targets, skipped = [], {}
-        for target in ctx.measurable():
-            if target.format not in self.formats:
-                continue
-            validation = target.meta.get("validation") or {}
-            if validation.get("passed") is False:
-                skipped[target.name] = "export validation failed"
-                ctx.note(f"bundle: skipped '{target.name}': its export validation failed "
-                         f"(max |diff| {validation.get('max_abs_diff')})")
-                continue
-            targets.append(target)
-        missing = [t.name for t in targets if t.name not in ctx.measurements]
-        if missing:
-            raise ConfigError(f"bundle needs measurements: {ORDER_FIX}. Received: no measurements "
-                              f"for {', '.join(missing)}")
-        if not targets:
-            raise ConfigError(f"stage 'bundle' found no {'/'.join(self.formats)} files to bundle: "
-                              f"expected an 'export' (or 'quantize') step before 'benchmark'. "
-                              f"Received: artifacts {', '.join(a.name for a in ctx.artifacts) or 'none'}")
+    def run(self, art: Artifact, ctx: RunContext) -> StageResult:
+        targets, skipped, result = self._targets(ctx)
         out_dir = ctx.stage_path("")
         index: dict[str, dict] = {}
         for target in targets:
@@ -78,14 +60,14 @@ class Bundle:
                 target.path, name=target.name, labels=ctx.data.labels,
                 normalization=ctx.data.normalization, measurement=ctx.measurements[target.name],
                 lineage=_lineage(target, ctx), output_kind=_output_kind(target, ctx))
-            result = write_bundle(target.path, out_dir, metadata=metadata, labels=ctx.data.labels,
-                                  zip=self.zip, embed_metadata=self.embed_metadata)
-            if "skipped" in result["embedded"]:
-                ctx.note(f"bundle: no metadata embedded in '{target.name}': "
-                         f"{result['embedded']['skipped']}")
+            written = write_bundle(target.path, out_dir, metadata=metadata, labels=ctx.data.labels,
+                                   zip=self.zip, embed_metadata=self.embed_metadata)
+            if "skipped" in written["embedded"]:
+                result.note(f"bundle: no metadata embedded in '{target.name}': "
+                            f"{written['embedded']['skipped']}")
             index[target.name] = {
-                "dir": target.name, "zip": f"{target.name}.zip" if result["zip"] else None,
-                "files": result["files"], "embedded": result["embedded"],
+                "dir": target.name, "zip": f"{target.name}.zip" if written["zip"] else None,
+                "files": written["files"], "embedded": written["embedded"],
                 "accuracy": (metadata["accuracy"] or {}).get("top1"),
                 "sha256": metadata["sha256"]}
         write_bytes_atomic(out_dir / "bundles.json", (json.dumps(
@@ -93,11 +75,34 @@ class Bundle:
         where = out_dir.name  # the runner writes into .NN-step.tmp/ and renames it NN-step/
         if where.startswith(".") and where.endswith(".tmp"):
             where = where[1:-len(".tmp")]
-        ctx.note(f"bundle: {len(index)} edge bundle{'s' if len(index) != 1 else ''} in "
-                 f"{where}/ ({', '.join(index)}): model file, labels.txt and metadata.json"
-                 + (", and a zip with a MANIFEST.json" if self.zip else "")
-                 + "; index in bundles.json.")
-        return []
+        result.note(f"bundle: {len(index)} edge bundle{'s' if len(index) != 1 else ''} in "
+                    f"{where}/ ({', '.join(index)}): model file, labels.txt and metadata.json"
+                    + (", and a zip with a MANIFEST.json" if self.zip else "")
+                    + "; index in bundles.json.")
+        return result
+
+    def _targets(self, ctx: RunContext) -> tuple[list[Artifact], dict[str, str], StageResult]:
+        """The files to bundle, the ones skipped with the reason, and notes saying so."""
+        targets, skipped, result = [], {}, StageResult()
+        for target in ctx.measurable():
+            if target.format not in self.formats:
+                continue
+            validation = target.meta.get("validation") or {}
+            if validation.get("passed") is False:
+                skipped[target.name] = "export validation failed"
+                result.note(f"bundle: skipped '{target.name}': its export validation failed "
+                            f"(max |diff| {validation.get('max_abs_diff')})")
+                continue
+            targets.append(target)
+        missing = [t.name for t in targets if t.name not in ctx.measurements]
+        if missing:
+            raise ConfigError(f"bundle needs measurements: {ORDER_FIX}. Received: no measurements "
+                              f"for {', '.join(missing)}")
+        if not targets:
+            raise ConfigError(f"stage 'bundle' found no {'/'.join(self.formats)} files to bundle: "
+                              f"expected an 'export' (or 'quantize') step before 'benchmark'. "
+                              f"Received: artifacts {', '.join(a.name for a in ctx.artifacts) or 'none'}")
+        return targets, skipped, result
 
 
 def _ancestors(art: Artifact, ctx: RunContext) -> list[Artifact]:

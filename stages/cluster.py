@@ -10,7 +10,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
-from slimpipe.pipeline.stage import check_choice, check_count, require
+from slimpipe.pipeline.stage import StageResult, check_choice, check_count, require
 from slimpipe.stages.finetune import FineTune
 
 INITS = ("kmeans_plus_plus", "linear", "density_based", "random")
@@ -53,18 +53,18 @@ class Cluster(FineTune):
         check_count(n, "clusters", self.clusters, minimum=3 if self.preserve_sparsity is True else 2)
         check_choice(n, "init", self.init, INITS)
 
-    def run(self, art: Artifact, ctx) -> list[Artifact]:
+    def run(self, art: Artifact, ctx) -> StageResult:
         import tensorflow_model_optimization as tfmot
         import tf_keras as keras
         from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
 
         clustering = tfmot.clustering.keras
         source = ctx.keras_model(art)
-        targets = self._targets(source)
+        targets, result = self._targets(source), StageResult()
         sparse = [layer.name for layer in source.layers if layer.name in targets and self._too_few(layer)]
         if sparse:
             targets -= set(sparse)
-            ctx.note(f"cluster: {', '.join(sparse)} kept as they are: too few non-zero weights for "
+            result.note(f"cluster: {', '.join(sparse)} kept as they are: too few non-zero weights for "
                      f"k-means++ to find clusters={self.clusters} values (they hold few distinct values already)")
         params = {"number_of_clusters": self.clusters,
                   "cluster_centroids_init": getattr(clustering.CentroidInitialization, self.init.upper()),
@@ -79,7 +79,7 @@ class Cluster(FineTune):
         skipped = [layer.name for layer in model.layers
                    if layer.name in targets and not isinstance(layer, ClusterWeights)]
         if skipped:
-            ctx.note(f"cluster: tfmot left {', '.join(skipped)} unclustered: a Conv2D needs more "
+            result.note(f"cluster: tfmot left {', '.join(skipped)} unclustered: a Conv2D needs more "
                      f"than clusters={self.clusters} weights; lower clusters to cluster it")
         if self.epochs:
             self.fit(model, ctx)
@@ -90,10 +90,11 @@ class Cluster(FineTune):
         over = [f"{e['name']} ({e['unique_values']})" for e in layers
                 if e["unique_values"] > limit and e["name"] not in skipped]
         if over:
-            ctx.note(f"cluster: {', '.join(over)} ended with more unique kernel values than "
+            result.note(f"cluster: {', '.join(over)} ended with more unique kernel values than "
                      f"clusters={self.clusters}" + (" + 1 for zero" if self.preserve_sparsity else ""))
         meta = {"clusters": self.clusters, "layers": layers, "unclustered": skipped}
-        return [ctx.save_model(self, model, "clustered", parent=art, kind="keras", meta=meta)]
+        result.artifacts.append(ctx.save_model(self, model, "clustered", parent=art, kind="keras", meta=meta))
+        return result
 
     def check(self, model, data) -> None:
         """The layers to cluster, before anything trains."""

@@ -11,7 +11,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.layer_select import layer_infos, select, select_mapping, selector_pairs, selector_tuple
-from slimpipe.pipeline.stage import check_count, check_fraction, require
+from slimpipe.pipeline.stage import StageResult, check_count, check_fraction, require
 from slimpipe.stages.finetune import FineTune, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
@@ -128,13 +128,12 @@ class Prune(FineTune):
                 f"block_size={self.block_size!r}, layer_block_size={dict(self.layer_block_size)!r}, "
                 f"sparsity_m_by_n={mn!r}")
 
-    def run(self, art: Artifact, ctx) -> list[Artifact]:
+    def run(self, art: Artifact, ctx) -> StageResult:
         import tensorflow_model_optimization as tfmot
 
         source = ctx.keras_model(art)
         plan = self._plan(source)
-        for text in plan.notes:
-            ctx.note(text)
+        result = StageResult(notes=list(plan.notes))
         steps = self.epochs * steps_per_epoch(ctx, self.batch_size)
         end_step, frequency = self._window(steps)
         model = self._wrap(source, plan, end_step, frequency)
@@ -143,7 +142,7 @@ class Prune(FineTune):
             self.fit(model, ctx, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
         target, achieved, per_layer = self._sparsity(model, plan)
         if achieved < target - WARN_GAP:
-            ctx.note(f"prune: achieved sparsity {achieved:.3f} is below the target {target:.3f} "
+            result.note(f"prune: achieved sparsity {achieved:.3f} is below the target {target:.3f} "
                      f"({steps} fine-tune steps, masks updated every {frequency} steps up to step "
                      f"{end_step}); raise epochs or lower frequency"
                      + (", and note that m:n pruning needs >= n input channels per layer"
@@ -151,7 +150,8 @@ class Prune(FineTune):
         meta.update(target_sparsity=round(target, 4), achieved_sparsity=round(achieved, 4), layers=per_layer)
         if plan.blocks:
             meta["block_sizes"] = {name: list(block) for name, block in plan.blocks.items()}
-        return [ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta)]
+        result.artifacts.append(ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta))
+        return result
 
     def _wrap(self, source, plan: _Plan, end_step: int, frequency: int):
         """A private copy of `source` with the planned layers wrapped for pruning

@@ -10,7 +10,7 @@ import numpy as np
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError, ExportValidationError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
-from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
+from slimpipe.pipeline.stage import StageResult, check_choice, check_count, check_fraction, require
 from slimpipe.stages.finetune import FineTune
 from slimpipe.stages.qat import QAT_MODES, float_note, preserved, quantize_apply
 
@@ -114,52 +114,57 @@ class Quantize(FineTune):
         check_fraction(n, "min_agreement", self.min_agreement, upper_open=False)
         check_count(n, "parity_samples", self.parity_samples, minimum=1)
 
-    def run(self, art: Artifact, ctx) -> list[Artifact]:
+    def run(self, art: Artifact, ctx) -> StageResult:
         source = ctx.keras_model(art)
         _refuse_wrapped(source, art.name)
+        result = StageResult()
         x = ctx.data.x_test[: self.parity_samples]
         reference = source.predict(x, verbose=0, batch_size=256)
         model, rewrite = source, None
         if self.space_to_depth_stem:
             rewritten, found = space_to_depth_stem(source, check_inputs=x[:8])
             if rewritten is None:
-                ctx.note(f"quantize: space_to_depth_stem left {art.name} as it is: {found}")
+                result.note(f"quantize: space_to_depth_stem left {art.name} as it is: {found}")
             else:
                 model, rewrite = rewritten, found
         stem = art.name + "." + self.mode + (".io-int8" if self.io == "int8" else "") \
             + (".per-tensor" if not self.per_channel else "") + (".sparse" if self.sparse else "") \
             + (".s2d" if rewrite else "")
         path = ctx.stage_path(f"{stem}.tflite")
-
         if self.mode in PTQ_MODES:
             self._convert(model, path, ctx)
-            meta = self._measure(path, reference, x, ctx)
+            meta = self._measure(path, reference, x, ctx, result)
             if rewrite:
                 counted = keras_complexity(model)
                 # The file runs the rewritten conv: its own MACs and parameters, not its parent's.
                 meta.update(space_to_depth_stem=rewrite,
                             complexity={"params": counted["params"], "macs": counted["macs"]})
-                ctx.note(f"quantize: {path.name} computes {rewrite['conv']} + {rewrite['pool']} on a "
-                         f"space-to-depth view of the input (the same function; a "
-                         f"{'x'.join(map(str, rewrite['new_kernel'][:2]))} conv to {rewrite['new_kernel'][3]} "
-                         f"channels, then the max over 4 groups)")
-            return [ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta)]
+                result.note(f"quantize: {path.name} computes {rewrite['conv']} + {rewrite['pool']} on a "
+                            f"space-to-depth view of the input (the same function; a "
+                            f"{'x'.join(map(str, rewrite['new_kernel'][:2]))} conv to {rewrite['new_kernel'][3]} "
+                            f"channels, then the max over 4 groups)")
+            result.artifacts.append(ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta))
+            return result
+        return self._qat_files(source, art, stem, path, reference, x, ctx, result)
 
-        qat, qat_meta = self._train_qat(source, ctx)
-        # Optimize.DEFAULT on a QAT model uses its learned ranges: full int8 with float I/O.
+    def _qat_files(self, source, art, stem: str, path: Path, reference, x, ctx, result) -> StageResult:
+        """The QAT model and its full-integer file (float I/O: Optimize.DEFAULT on a QAT model
+        uses its learned ranges)."""
+        qat, qat_meta = self._train_qat(source, ctx, result)
         export_tflite(qat, path, mode="dynamic", sparse=self.sparse, strip_names=self.strip_names,
                       per_channel=self.per_channel, sparse_layout=self.sparse_layout)
-        # The file is checked against the model it was converted from. Fine-tuning itself
-        # moves the predictions (on the tiny test set cqat lifted accuracy 0.92 -> 0.99, so only
-        # 0.93 agreed with the input while the file matched its QAT model on 100%): agreement
-        # with the float input is recorded next to the accuracies, not enforced.
+        # The file is checked against the model it was converted from: fine-tuning itself moves
+        # the predictions, so agreement with the float input is recorded next to the accuracies,
+        # not enforced.
         qat_reference = qat.predict(x, verbose=0, batch_size=256)
-        meta = self._measure(path, qat_reference, x, ctx)  # raises before anything is recorded
+        meta = self._measure(path, qat_reference, x, ctx, result)  # raises before anything is recorded
         meta["vs_input"] = _versus_input(path, reference, x, ctx.data.y_test[: len(x)])
         if self.mode in ("pqat", "pcqat"):
             meta["sparsity"] = weight_sparsity(path, "tflite")["sparsity"]
         keras_art = ctx.save_model(self, qat, stem, parent=art, kind="keras:qat", meta=qat_meta)
-        return [keras_art, ctx.add_file(self, path, path.name, fmt="tflite", parent=keras_art, meta=meta)]
+        result.artifacts += [keras_art, ctx.add_file(self, path, path.name, fmt="tflite", parent=keras_art,
+                                                     meta=meta)]
+        return result
 
     # -- post-training -----------------------------------------------------------------------
     def _convert(self, model, path: Path, ctx) -> None:
@@ -183,14 +188,14 @@ class Quantize(FineTune):
             _, left = quantize_apply(keras.models.clone_model(model), self.mode, self.per_channel)
         return [float_note(self.mode, left)] if left else []
 
-    def _train_qat(self, source, ctx):
+    def _train_qat(self, source, ctx, result: StageResult):
         import tensorflow_model_optimization as tfmot
 
         combine = tfmot.experimental.combine
         # quantize_annotate wraps the very layers it is given: annotate a copy.
         qat, left = quantize_apply(clone_with_weights(source), self.mode, self.per_channel)
         if left:
-            ctx.note(float_note(self.mode, left))
+            result.note(float_note(self.mode, left))
         self.fit(qat, ctx)
         if self.mode in ("cqat", "pcqat"):
             # Drops the centroid/index variables (which also make the h5 unloadable) and keeps
@@ -198,11 +203,11 @@ class Quantize(FineTune):
             qat = combine.strip_clustering_cqat(qat)
         meta, notes = preserved(source, qat, self.mode)
         for text in notes:
-            ctx.note(text)
+            result.note(text)
         return qat, {**meta, "epochs": self.epochs}
 
     # -- checks ------------------------------------------------------------------------------
-    def _measure(self, path: Path, reference, x, ctx) -> dict:
+    def _measure(self, path: Path, reference, x, ctx, result: StageResult) -> dict:
         check = check_parity(reference, path, "tflite", x)
         # A quantized file cannot match float logits to 1e-4: it passes on top-1 agreement.
         # atol/mismatched_samples stay in the record as information.
@@ -216,7 +221,7 @@ class Quantize(FineTune):
                 f"(max |diff| {check['max_abs_diff']:.2g}). Fix: fine-tune longer (epochs), raise "
                 f"representative_samples, use mode 'dynamic' or 'float16', or lower min_agreement")
         if check["delegate"] != "xnnpack":
-            ctx.note(f"quantize: {path.name} runs on LiteRT's builtin kernels: XNNPACK did not take it"
+            result.note(f"quantize: {path.name} runs on LiteRT's builtin kernels: XNNPACK did not take it"
                      + (" (sparse weight storage)" if self.sparse else ""))
         tensors = tflite_weight_tensors(path)
         meta = {"mode": self.mode, "io": self.io, "sparse_storage": self.sparse,

@@ -17,7 +17,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights
 from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
-from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
+from slimpipe.pipeline.stage import StageResult, check_choice, check_count, check_fraction, require
 from slimpipe.stages.finetune import FineTune, fit
 from slimpipe.stages.surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
                              prune_channels, select_channels)
@@ -83,16 +83,40 @@ class StructuredPrune(FineTune):
         require(isinstance(self.from_scratch, bool), n,
                 f"from_scratch must be true or false. Received: from_scratch={self.from_scratch!r}")
 
-    def run(self, art: Artifact, ctx) -> list[Artifact]:
+    def run(self, art: Artifact, ctx) -> StageResult:
         from slimpipe.benchmarks.complexity import keras_complexity
 
         model = clone_with_weights(ctx.keras_model(art))
         selected, skipped, notes = self._select(model)
-        for text in notes:
-            ctx.note(text)
+        result = StageResult(notes=notes)
         before = keras_complexity(model)
         start_channels = {p: g.size for g in analyze_groups(model) if g.id in selected for p in g.producers}
         latency = [self._latency_ms(model, ctx)] if self.target == "latency" else []
+        model, rounds = self._rounds(model, selected, start_channels, before, latency, ctx, result)
+        if self.final_epochs:
+            self.fit(model, ctx, epochs=self.final_epochs)
+        after = keras_complexity(model)
+        channels = {p: [n, _width(model.get_layer(p))] for p, n in start_channels.items()}
+        achieved = (1 - latency[-1] / latency[0]) if latency else 1 - after[self.target] / before[self.target]
+        if achieved < self.reduction - 1e-9:
+            result.note(f"structured_prune: reached a {self.target} reduction of {achieved:.1%}, below the "
+                        f"requested {self.reduction:.1%}")
+        meta = {"criterion": self.criterion, "target": self.target, "reduction_requested": self.reduction,
+                "reduction_achieved": round(float(achieved), 4),
+                "params_before": before["params"], "params_after": after["params"],
+                "macs_before": before["macs"], "macs_after": after["macs"], "channels": channels,
+                "rounds": rounds, "skipped_groups": skipped, "accuracy": _accuracy(model, ctx),
+                "trained": True}
+        if latency:
+            meta.update(latency_before_ms=round(latency[0], 4), latency_after_ms=round(latency[-1], 4))
+        result.artifacts.append(ctx.save_model(self, model, "structured", parent=art, kind="keras", meta=meta))
+        if self.from_scratch:
+            result.artifacts.append(self._scratch(model, art, ctx))
+        return result
+
+    def _rounds(self, model, selected, start_channels, before, latency, ctx, result):
+        """Round r of R shrinks the target to (1 - reduction) ** (r / R) of the original and
+        fine-tunes; returns the model and a record per round."""
         rounds = []
         for r in range(1, self.rounds + 1):
             share = (1 - self.reduction) ** (r / self.rounds)
@@ -102,34 +126,15 @@ class StructuredPrune(FineTune):
                       for g in groups}
             model, reached, record = self._shrink(model, groups, scores, share, before, latency, ctx, floors)
             if not reached:
-                ctx.note(f"structured_prune: round {r} could not reach {share:.1%} of the original "
-                         f"{self.target}: every pruned layer is at min_channels={self.min_channels}"
-                         + (f" or max_layer_reduction={self.max_layer_reduction}"
-                            if self.max_layer_reduction < 1 else "")
-                         + f" (round_to={self.round_to}); lower them or prune more layers")
+                result.note(f"structured_prune: round {r} could not reach {share:.1%} of the original "
+                            f"{self.target}: every pruned layer is at min_channels={self.min_channels}"
+                            + (f" or max_layer_reduction={self.max_layer_reduction}"
+                               if self.max_layer_reduction < 1 else "")
+                            + f" (round_to={self.round_to}); lower them or prune more layers")
             if self.epochs:  # between rounds at a constant rate; lr_decay anneals the final epochs
                 self.fit(model, ctx, lr_decay="constant")
             rounds.append({"round": r, **record, "accuracy": _accuracy(model, ctx)})
-        if self.final_epochs:
-            self.fit(model, ctx, epochs=self.final_epochs)
-        after = keras_complexity(model)
-        channels = {p: [n, _width(model.get_layer(p))] for p, n in start_channels.items()}
-        achieved = (1 - latency[-1] / latency[0]) if latency else 1 - after[self.target] / before[self.target]
-        if achieved < self.reduction - 1e-9:
-            ctx.note(f"structured_prune: reached a {self.target} reduction of {achieved:.1%}, below the "
-                     f"requested {self.reduction:.1%}")
-        meta = {"criterion": self.criterion, "target": self.target, "reduction_requested": self.reduction,
-                "reduction_achieved": round(float(achieved), 4),
-                "params_before": before["params"], "params_after": after["params"],
-                "macs_before": before["macs"], "macs_after": after["macs"], "channels": channels,
-                "rounds": rounds, "skipped_groups": skipped, "accuracy": _accuracy(model, ctx),
-                "trained": True}
-        if latency:
-            meta.update(latency_before_ms=round(latency[0], 4), latency_after_ms=round(latency[-1], 4))
-        out = [ctx.save_model(self, model, "structured", parent=art, kind="keras", meta=meta)]
-        if self.from_scratch:
-            out.append(self._scratch(model, art, ctx))
-        return out
+        return model, rounds
 
     def check(self, model, data) -> None:
         """The layer groups to prune and their criterion, before anything trains."""

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.kerasio import clone_with_weights
-from slimpipe.pipeline.stage import check_choice, require
+from slimpipe.pipeline.stage import StageResult, check_choice, require
 from slimpipe.stages.finetune import FineTune
 
 IF_TRAINED = ("skip", "continue")
@@ -39,13 +39,12 @@ class Train(FineTune):
         require(self.distill == 0, self.name, "distill must be 0: train makes the baseline that later "
                 f"stages distill from. Received: distill={self.distill!r}; fix: set distill in a later stage")
 
-    def run(self, art: Artifact, ctx) -> list[Artifact]:
+    def run(self, art: Artifact, ctx) -> StageResult:
         if art.meta.get("trained") and self.if_trained == "skip":
             # No new artifact: the runner keeps `art` as the current model.
-            ctx.baseline = art.name
-            ctx.note(f"train: {art.name!r} is already trained; kept it as the baseline "
-                     "(set if_trained = \"continue\" to train it further)")
-            return []
+            return StageResult(baseline=art.name, notes=[
+                f"train: {art.name!r} is already trained; kept it as the baseline "
+                "(set if_trained = \"continue\" to train it further)"])
 
         model = clone_with_weights(ctx.keras_model(art))
         meta = {"epochs": self.epochs, "trained": True}
@@ -57,5 +56,4 @@ class Train(FineTune):
             # Nothing was trained here: only claim `trained` if the input already was.
             meta["trained"] = bool(art.meta.get("trained", False))
         out = ctx.save_model(self, model, "trained", parent=art, kind="keras", meta=meta)
-        ctx.baseline = out.name
-        return [out]
+        return StageResult([out], baseline=out.name)

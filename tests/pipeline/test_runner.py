@@ -165,3 +165,30 @@ def test_a_step_that_repeats_an_artifact_name_fails_and_leaves_no_folder(ctx, ti
         run_recipe(recipe, _source(ctx, tiny_model), ctx, log=lambda s: None)
     assert (ctx.out_dir / "01-a").is_dir() and not (ctx.out_dir / "02-b").exists()
     assert not list(ctx.out_dir.glob(".02-*"))
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Returns everything a stage can give the run besides artifacts."""
+    name: ClassVar[str] = "reporter"
+    accepts: ClassVar[tuple] = ("keras",)
+    produces: ClassVar = None
+
+    def run(self, art, ctx):
+        from slimpipe.pipeline.stage import StageResult
+
+        return StageResult(notes=["reporter: looked at " + art.name], baseline=art.name,
+                           measurements={art.name: {"accuracy": 0.5}})
+
+
+def test_a_stage_result_joins_the_run_and_comes_back_from_the_cache(ctx, tiny_model):
+    from slimpipe.pipeline.context import RunContext
+
+    recipe = Recipe("t", (Step("look", Reporter()),))
+    run_recipe(recipe, _source(ctx, tiny_model), ctx, log=lambda s: None)
+    assert ctx.notes == ["reporter: looked at source"] and ctx.baseline == "source"
+    assert ctx.measurements == {"source": {"accuracy": 0.5}}
+    again = RunContext(data=ctx.data, out_dir=ctx.out_dir, model_name="tiny")
+    run_recipe(recipe, _source(again, tiny_model), again, log=lambda s: None)
+    assert again.stage_timings[-1]["reused"]
+    assert (again.notes, again.baseline, again.measurements) == (ctx.notes, ctx.baseline, ctx.measurements)

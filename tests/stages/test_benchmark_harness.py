@@ -11,6 +11,7 @@ from slimpipe.pipeline.kerasio import save_keras
 from slimpipe.pipeline.markdown_report import render_markdown
 from slimpipe.pipeline.report import build_report
 from slimpipe.stages.benchmark import Benchmark, latency_devices
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.export import Export
 from tests.conftest import make_tiny_model
 
@@ -46,9 +47,9 @@ def measured(tmp_path_factory, tiny_data):
     ctx.artifacts.append(trained)
     ctx.baseline = "trained"
     ctx.stage_dir = tmp / "export"
-    ctx.artifacts += Export().run(trained, ctx)
+    run_stage(Export(), trained, ctx)
     ctx.stage_dir = tmp / "benchmark"
-    Benchmark(latency=((1, 1), (0, 32)), **FAST).run(trained, ctx)
+    run_stage(Benchmark(latency=((1, 1), (0, 32)), **FAST), trained, ctx)
     return ctx, keras_complexity(model)
 
 

@@ -10,6 +10,7 @@ from slimpipe.pipeline.kerasio import clone_with_weights, save_keras
 from slimpipe.pipeline.markdown_report import render_markdown
 from slimpipe.pipeline.report import build_report
 from slimpipe.stages.benchmark import Benchmark
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.export import Export
 from tests.conftest import make_tiny_model
 
@@ -36,9 +37,9 @@ def measured(tmp_path_factory, tiny_data):
     ctx.artifacts += [trained, pruned]
     ctx.baseline = "trained"
     ctx.stage_dir = tmp / "export"
-    ctx.artifacts += Export(formats=("tflite",)).run(pruned, ctx)
+    run_stage(Export(formats=("tflite",)), pruned, ctx)
     ctx.stage_dir = tmp / "benchmark"
-    Benchmark(**FAST).run(pruned, ctx)
+    run_stage(Benchmark(**FAST), pruned, ctx)
     return ctx
 
 
@@ -81,7 +82,7 @@ def test_sparse_kernels_can_be_turned_off(measured, tmp_path):
     ctx.artifacts = list(measured.artifacts)
     ctx.baseline = "trained"
     ctx.stage_dir = tmp_path / "benchmark"
-    Benchmark(**FAST, sparse_kernels=False).run(ctx.artifacts[1], ctx)
+    run_stage(Benchmark(**FAST, sparse_kernels=False), ctx.artifacts[1], ctx)
     assert not any(_builtin(m) or "eligibility" in m or "sparse_kernel" in m
                    for m in ctx.measurements.values())
     with pytest.raises(ConfigError, match="sparse_kernels must be"):

@@ -15,6 +15,7 @@ from slimpipe.stages import STAGES
 from slimpipe.stages.benchmark import Benchmark
 from slimpipe.stages.bundle import Bundle
 from slimpipe.stages.export import Export
+from slimpipe.pipeline.runner import run_stage
 from tests.conftest import make_tiny_model
 
 QUICK_BENCH = Benchmark(latency=((1, 1),), warmup=1, min_runs=2, min_seconds=0.0,
@@ -83,7 +84,7 @@ def test_failed_parity_is_skipped_with_a_note(first, tiny_data, tmp_path):
     run = RunContext(data=tiny_data, out_dir=tmp_path, baseline=ctx.baseline,
                      artifacts=[broken if a is bad else a for a in ctx.artifacts],
                      measurements=dict(ctx.measurements), stage_dir=tmp_path / "bundle")
-    assert Bundle(zip=False).run(ctx.find("source"), run) == []
+    assert run_stage(Bundle(zip=False), ctx.find("source"), run) == []
     index = json.loads((tmp_path / "bundle" / "bundles.json").read_text())
     assert bad.name not in index["bundles"] and index["skipped"] == {
         bad.name: "export validation failed"}
@@ -96,7 +97,7 @@ def test_without_measurements_it_says_to_put_bundle_after_benchmark(first, tiny_
     run = RunContext(data=tiny_data, out_dir=tmp_path, artifacts=list(ctx.artifacts),
                      baseline=ctx.baseline, stage_dir=tmp_path / "bundle")
     with pytest.raises(ConfigError, match="put 'bundle' after 'benchmark'"):
-        Bundle().run(ctx.find("source"), run)
+        run_stage(Bundle(), ctx.find("source"), run)
 
 
 def test_recipe_without_an_earlier_benchmark_fails_before_anything_runs():

@@ -8,6 +8,7 @@ from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, load_keras, save_keras
 from slimpipe.stages.cluster import Cluster
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
@@ -26,7 +27,7 @@ def trained_path(tmp_path_factory, tiny_data):
     src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
                         kind="keras", stage="source", config={}, parent=None)
     ctx.stage_dir = tmp / "train"
-    return Train(epochs=3).run(src, ctx)[0].path
+    return run_stage(Train(epochs=3), src, ctx)[0].path
 
 
 def artifact(path, name="trained"):
@@ -35,7 +36,7 @@ def artifact(path, name="trained"):
 
 def run(stage, art, ctx):
     ctx.stage_dir = ctx.out_dir / "cluster"
-    return stage.run(art, ctx)
+    return run_stage(stage, art, ctx)
 
 
 def kernels(path):

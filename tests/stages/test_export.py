@@ -11,6 +11,7 @@ from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import save_keras
 from slimpipe.stages.export import Export
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
@@ -22,7 +23,7 @@ def trained(tmp_path_factory, tiny_data):
     src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
                         kind="keras", stage="source", config={}, parent=None)
     ctx.stage_dir = tmp / "train"
-    return Train(epochs=3).run(src, ctx)[0]
+    return run_stage(Train(epochs=3), src, ctx)[0]
 
 
 def _run(stage, art, tmp_path, tiny_data):
@@ -30,7 +31,7 @@ def _run(stage, art, tmp_path, tiny_data):
     ctx.artifacts.append(art)
     ctx.baseline = art.name
     ctx.stage_dir = tmp_path / "export"
-    return {a.name: a for a in stage.run(art, ctx)}
+    return {a.name: a for a in run_stage(stage, art, ctx)}
 
 
 def _initializer_types(path):

@@ -12,6 +12,7 @@ from slimpipe.pipeline.kerasio import save_keras
 from slimpipe.stages import finetune as _fit
 from slimpipe.stages.finetune import _distillation, _teacher_logits as teacher_logits, fit
 from slimpipe.stages.prune import Prune
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
@@ -60,12 +61,12 @@ def test_distilled_prune_reaches_its_sparsity_and_learns(ctx, monkeypatch):
                         kind="keras", stage="source", config={}, parent=None)
     ctx.artifacts.append(src)
     ctx.stage_dir = ctx.out_dir / "train"
-    [trained] = Train(epochs=3).run(src, ctx)
+    [trained] = run_stage(Train(epochs=3), src, ctx)
     ctx.artifacts.append(trained)
     ctx.stage_dir = ctx.out_dir / "prune"
     computed = []
     monkeypatch.setattr(_fit, "_teacher_logits", lambda c: computed.append(1) or teacher_logits(c))
-    [pruned] = Prune(final_sparsity=0.7, epochs=2, distill=0.7).run(trained, ctx)
+    [pruned] = run_stage(Prune(final_sparsity=0.7, epochs=2, distill=0.7), trained, ctx)
     assert abs(pruned.meta["achieved_sparsity"] - 0.7) < 0.03
     model = ctx.keras_model(pruned)
     acc = np.mean(np.argmax(model.predict(ctx.data.x_test, verbose=0), 1) == ctx.data.y_test)

@@ -10,6 +10,7 @@ from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import load_keras, save_keras
 from slimpipe.stages.prune import Prune
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.train import Train
 from tests.conftest import make_tiny_model
 
@@ -36,7 +37,7 @@ def _train(tmp, tiny_data):
     src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
                         kind="keras", stage="source", config={}, parent=None)
     ctx.stage_dir = tmp / "train"
-    return Train(epochs=3).run(src, ctx)[0].path
+    return run_stage(Train(epochs=3), src, ctx)[0].path
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def trained(ctx, trained_path):
 
 def run(stage, art, ctx, folder="prune"):
     ctx.stage_dir = ctx.out_dir / folder
-    return stage.run(art, ctx)
+    return run_stage(stage, art, ctx)
 
 
 def stripped_kernels(art):

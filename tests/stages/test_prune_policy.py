@@ -13,6 +13,7 @@ from slimpipe.pipeline.data import Dataset
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import load_keras, save_keras
 from slimpipe.pipeline.models import build_model
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.prune import Prune
 from tests.conftest import make_tiny_model
 
@@ -56,7 +57,7 @@ def test_a_model_xnnpack_cannot_run_sparse_passes_unpruned_with_the_reason(tmp_p
     [warning] = stage.check(model, tiny_data)  # said before anything trains
     assert re.search(r"pruning_policy='xnnpack' prunes only layers that XNNPACK's sparse inference can "
                      r"run, and it cannot run 'tiny' \(tfmot: .*Conv2D 3x3.*\): no layer was pruned", warning)
-    [out] = stage.run(_art(tmp_path, model), ctx)
+    [out] = run_stage(stage, _art(tmp_path, model), ctx)
     assert warning in ctx.notes
     assert out.meta["achieved_sparsity"] == 0 and out.meta["layers"] == {}
     pruned = load_keras(out.path)
@@ -71,8 +72,8 @@ def test_only_the_1x1_convs_are_pruned(tmp_path):
     data = Dataset("fake", x, y, x[:32], y[:32], labels=("a", "b", "c", "d"))
     ctx = RunContext(data=data, out_dir=tmp_path)
     ctx.stage_dir = tmp_path / "prune"
-    (out,) = Prune(pruning_policy="xnnpack", final_sparsity=0.8, epochs=2).run(
-        _art(tmp_path, _xnnpack_shaped()), ctx)
+    (out,) = run_stage(Prune(pruning_policy="xnnpack", final_sparsity=0.8, epochs=2),
+                       _art(tmp_path, _xnnpack_shaped()), ctx)
     model = load_keras(out.path)
     wrapped = {l.layer.name for l in model.layers if isinstance(l, pruning_wrapper.PruneLowMagnitude)}
     assert wrapped == {"pw1", "pw2"}

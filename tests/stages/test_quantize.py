@@ -12,6 +12,7 @@ from slimpipe.benchmarks.runtimes import open_runtime
 from slimpipe.benchmarks.accuracy import top1_agreement
 from slimpipe.stages.cluster import Cluster
 from slimpipe.stages.quantize import Quantize, tflite_weight_tensors
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.train import Train
 from tests.conftest import TINY_SHAPE, make_tiny_model
 
@@ -32,7 +33,7 @@ def trained_path(tmp_path_factory, tiny_data):
     src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
                         kind="keras", stage="source", config={}, parent=None)
     ctx.stage_dir = tmp / "train"
-    return Train(epochs=3).run(src, ctx)[0].path
+    return run_stage(Train(epochs=3), src, ctx)[0].path
 
 
 def artifact(path, name="trained"):
@@ -46,7 +47,7 @@ def trained(trained_path):
 
 def run(stage, art, ctx, folder="quantize"):
     ctx.stage_dir = ctx.out_dir / folder
-    return stage.run(art, ctx)
+    return run_stage(stage, art, ctx)
 
 
 def weights_of(model):
@@ -166,7 +167,7 @@ def test_sparse_int8_records_its_layout_and_is_no_larger_than_the_converters(ctx
 
 def test_cqat_keeps_the_clusters(ctx, trained):
     ctx.stage_dir = ctx.out_dir / "cluster"
-    [clustered] = Cluster(clusters=8, preserve_sparsity=False, epochs=0).run(trained, ctx)
+    [clustered] = run_stage(Cluster(clusters=8, preserve_sparsity=False, epochs=0), trained, ctx)
 
     keras_art, tfl = run(Quantize(mode="cqat", epochs=1), clustered, ctx)
 
@@ -278,7 +279,7 @@ def test_per_tensor_int8_has_one_scale_per_kernel(ctx, trained):
 
 def test_per_tensor_cqat_keeps_k_int8_codes_and_reloads(ctx, trained):
     ctx.stage_dir = ctx.out_dir / "cluster"
-    [clustered] = Cluster(clusters=8, preserve_sparsity=False, epochs=0).run(trained, ctx)
+    [clustered] = run_stage(Cluster(clusters=8, preserve_sparsity=False, epochs=0), trained, ctx)
 
     _, channel = run(Quantize(mode="cqat", epochs=1), clustered, ctx, folder="pc")
     keras_art, tensor = run(Quantize(mode="cqat", epochs=1, per_channel=False), clustered, ctx, folder="pt")

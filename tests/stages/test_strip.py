@@ -9,6 +9,7 @@ from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import load_keras, save_keras
 from slimpipe.stages.prune import Prune
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.strip import Strip
 
 
@@ -31,7 +32,7 @@ def _prune(tmp, tiny_data):
     src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
                         kind="keras", stage="source", config={}, parent=None)
     ctx.stage_dir = tmp / "prune"
-    return Prune(final_sparsity=0.6, layers=("conv", "dense")).run(src, ctx)[0].path
+    return run_stage(Prune(final_sparsity=0.6, layers=("conv", "dense")), src, ctx)[0].path
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def pruning(ctx, pruning_path):
 
 def run(stage, art, ctx, folder="strip"):
     ctx.stage_dir = ctx.out_dir / folder
-    return stage.run(art, ctx)
+    return run_stage(stage, art, ctx)
 
 
 def test_strip_removes_wrappers_and_keeps_the_sparse_weights(ctx, pruning):

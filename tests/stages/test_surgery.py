@@ -12,6 +12,7 @@ import tf_keras as keras
 
 from slimpipe.benchmarks.complexity import keras_complexity
 from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.surgery import (analyze_groups, channel_scores, complexity_model, prune_channels,
                              prunable_groups, select_channels)
 
@@ -296,7 +297,7 @@ def test_structured_prune_floors_hold_against_the_original_width_over_rounds(ctx
                         stage="train", config={}, parent=None)
     stage = StructuredPrune(reduction=0.95, rounds=2, epochs=0, final_epochs=0, cost_exponent=1.0,
                             max_layer_reduction=0.5, min_channels=1, round_to=1)
-    [out] = stage.run(art, ctx)
+    [out] = run_stage(stage, art, ctx)
     assert out.meta["channels"] == {"conv": [8, 4], "dense": [32, 16]}
     assert out.meta["reduction_achieved"] < 0.95
     assert any("max_layer_reduction=0.5" in n for n in ctx.notes)

@@ -5,6 +5,7 @@ import pytest
 from slimpipe.pipeline.artifacts import make_artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import load_keras, save_keras
+from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.train import Train
 
 
@@ -21,7 +22,7 @@ def source(ctx, model, meta=None):
 
 def run(stage, art, ctx, folder):
     ctx.stage_dir = ctx.out_dir / folder
-    return stage.run(art, ctx)
+    return run_stage(stage, art, ctx)
 
 
 def accuracy(model, data):
