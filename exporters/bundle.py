@@ -58,7 +58,7 @@ from slimpipe.pipeline.errors import ConfigError
 __all__ = ["build_metadata", "write_bundle", "embed_tflite_metadata", "read_tflite_metadata",
            "embed_onnx_metadata", "read_onnx_metadata", "reproducible_zip", "VERSION_PACKAGES"]
 
-FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
+FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras"}  # .keras: Keras 3 copies
 OUTPUT_KINDS = ("logits", "probabilities")
 VERSION_PACKAGES = ("tensorflow", "tensorflow_model_optimization", "ai_edge_litert", "onnxruntime",
                     "tf_keras", "onnx", "tf2onnx", "numpy")
@@ -79,13 +79,14 @@ MIN_PARSER_VERSION = "1.0.0"  # every ModelMetadata field written here exists si
 def build_metadata(model_path, *, labels: Sequence[str], normalization: Mapping[str, Any],
                    measurement: Mapping[str, Any] | None = None,
                    lineage: Sequence[Mapping[str, Any]] = (), name: str | None = None,
-                   output_kind: str = "logits") -> dict[str, Any]:
+                   output_kind: str = "logits", io: tuple[dict, dict] | None = None) -> dict[str, Any]:
     """The metadata of one deployable file, read from the file itself where possible.
 
     measurement: the benchmark stage's record for this file (accuracy, bytes, gzip_bytes,
     sparsity, ...); without it accuracy is None and sizes are measured here.
     lineage: this artifact first, then its parent, ... up to the source, as
     {"name", "stage", "id", "format"} records. output_kind: "logits" or "probabilities".
+    io: (input, output) as `model_io` describes them, for files it cannot read (.keras).
     """
     from slimpipe.benchmarks.environment import _version
     from slimpipe.benchmarks.measure import file_size
@@ -98,7 +99,7 @@ def build_metadata(model_path, *, labels: Sequence[str], normalization: Mapping[
                           f"Received: output_kind={output_kind!r}")
     labels = _check_labels(labels)
     norm = _check_normalization(normalization)
-    inp, out = model_io(path, fmt)
+    inp, out = (dict(io[0]), dict(io[1])) if io is not None else model_io(path, fmt)
     classes = out["shape"][-1] if out["shape"] else None
     if classes not in (None, -1) and classes != len(labels):
         raise ConfigError(f"{path.name}: the model outputs {classes} classes but {len(labels)} labels "
@@ -142,6 +143,9 @@ def model_io(path, fmt: str | None = None) -> tuple[dict[str, Any], dict[str, An
     dtype, and quantization {"scale", "zero_point"} for integer tensors."""
     path = Path(path)
     fmt = fmt or _format_of(path)
+    if fmt == "keras":
+        raise ConfigError(f"{path.name}: model_io reads .tflite and .onnx files; for a .keras file pass "
+                          "io=(input, output) to build_metadata")
     ins, outs = _tflite_io(path) if fmt == "tflite" else _onnx_io(path)
     if len(ins) != 1 or len(outs) != 1:
         raise ConfigError(f"{path.name}: bundles describe models with one input and one output. "
@@ -190,7 +194,7 @@ def _onnx_io(path: Path):
 def _format_of(path: Path) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ConfigError(f"bundles hold .tflite or .onnx files. Received: {path.name}; "
+        raise ConfigError(f"bundles hold .tflite, .onnx or .keras files. Received: {path.name}; "
                           f"fix: export the model first (stage 'export')")
     if not path.is_file():
         raise ConfigError(f"cannot bundle {path}: the file does not exist; fix: check the path")
@@ -268,6 +272,8 @@ def write_bundle(model_path, out_dir, *, metadata: Mapping[str, Any], labels: Se
                 model_bytes = embed_tflite_metadata(model_bytes, metadata, labels)
                 embedded["tflite"] = [TFLITE_METADATA_KEY, SLIMPIPE_METADATA_KEY]
                 embedded["associated_files"] = [LABELS_FILE]
+            elif fmt == "keras":
+                raise _CannotEmbed("a .keras file is bundled as written; its record is metadata.json")
             else:
                 model_bytes = embed_onnx_metadata(model_bytes, metadata, labels)
                 embedded["onnx_metadata_props"] = [SLIMPIPE_METADATA_KEY, "labels"]

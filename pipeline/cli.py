@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", default=None, help="where data set files are (else the usual places)")
     c.add_argument("--allow-unsafe-model", action="store_true",
                    help="load models with Lambda layers (runs code from the file)")
+    c.add_argument("--custom-objects", default=None, metavar="FILE.py",
+                   help="a Python file defining CUSTOM_OBJECTS = {\"Name\": (Keras3Class, TfKerasClass)} "
+                        "for the model's custom layers (the file is imported, i.e. run)")
     c.add_argument("--no-cache", action="store_true",
                    help="run every stage again instead of reusing finished ones in --out")
     sub.add_parser("list", help="list models, data sets, stages and recipes")
@@ -114,6 +117,8 @@ def _compress(args) -> int:
     from slimpipe.pipeline.context import RunContext
     from slimpipe.pipeline.data import load_dataset
     from slimpipe.pipeline.html_report import write_html
+    from slimpipe.pipeline.keras3.custom import load_custom_objects
+    from slimpipe.pipeline.keras3.out import keras3_files, keras3_outputs, keras3_source
     from slimpipe.pipeline.models import check_fit, resolve_model
     from slimpipe.pipeline.recipe import load_recipe
     from slimpipe.pipeline.report import build_report, write_plots, write_report
@@ -130,9 +135,10 @@ def _compress(args) -> int:
     # Everything that can be checked is checked before any output is written.
     recipe = load_recipe(args.recipe, STAGES, overrides=overrides)
     data = load_dataset(args.dataset, limit=args.limit, data_dir=args.data_dir, seed=args.seed)
+    custom, loaded = load_custom_objects(args.custom_objects), {}
     model, trained = resolve_model(args.model, input_shape=data.input_shape,
-                                   num_classes=data.num_classes, width=args.width,
-                                   seed=args.seed, allow_unsafe=args.allow_unsafe_model)
+                                   num_classes=data.num_classes, width=args.width, seed=args.seed,
+                                   allow_unsafe=args.allow_unsafe_model, custom=custom, record=loaded)
     check_fit(model, data)
 
     out = Path(args.out) if args.out else default_out(args.model, args.dataset)
@@ -140,6 +146,8 @@ def _compress(args) -> int:
     _clear_previous_run(out, keep=set() if args.no_cache else keep)
     _deterministic(args.seed)
     ctx = RunContext(data=data, out_dir=out, model_name=args.model, seed=args.seed)
+    if "keras3" in loaded:
+        keras3_source(ctx, loaded["keras3"], custom=custom, allow_unsafe=args.allow_unsafe_model)
     print(f"[slimpipe] {args.model} on {data.name}: {len(data.x_train)} training and "
           f"{len(data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
     source = save_source(ctx, model, spec=args.model, width=args.width, trained=trained,
@@ -154,7 +162,11 @@ def _compress(args) -> int:
                  f"({', '.join(t['name'] for t in reused)}{took})"
                  + (f"; the measurements of '{measured[0]}', latency included, are that run's"
                     if measured else "") + "; pass --no-cache to run everything again.")
+    if ctx.keras3 is not None:
+        keras3_outputs(ctx)
     report = build_report(ctx, recipe=recipe.name, environment=environment())
+    if ctx.keras3 is not None:
+        report["keras3_files"] = keras3_files(ctx.artifacts, out)
     images = write_plots(report, out)
     json_path, md_path = write_report(report, out)
     html_path = write_html(report, out, images)

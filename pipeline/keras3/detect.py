@@ -15,13 +15,15 @@ import json
 import zipfile
 from pathlib import Path
 
+from slimpipe.pipeline.errors import ConfigError
+
 SAVEDMODEL_HINT = ("Keras 3's model.export() and tf.saved_model.save write such folders for "
                    "serving, without the layers slimpipe compresses: save the model itself with "
                    "model.save('model.keras')")
 
 
 def read_config(path: Path, kind: str) -> dict:
-    """The model config stored in a .keras or .h5 file (raises KeyError if there is none)."""
+    """The model config stored in a .keras or .h5 file; ConfigError for a weights-only .h5."""
     if kind == "keras":
         with zipfile.ZipFile(path) as zf:
             return json.loads(zf.read("config.json"))
@@ -30,7 +32,8 @@ def read_config(path: Path, kind: str) -> dict:
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("model_config")
     if raw is None:
-        raise KeyError("model_config")
+        raise ConfigError(f"'{path}' is an HDF5 file without a model config (weights only?): "
+                          "save the whole model with model.save(path)")
     return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from slimpipe.pipeline.artifacts import content_sha256
 from slimpipe.pipeline.errors import ExportValidationError
 from slimpipe.pipeline.keras3.build_out import Keras3Builder
-from slimpipe.pipeline.keras3.check import TOLERANCE, max_abs_diff, outputs, sample_inputs
+from slimpipe.pipeline.keras3.check import SAMPLES, TOLERANCE, max_abs_diff, outputs, sample_inputs
 from slimpipe.pipeline.keras3.custom import NONE, CustomObjects
 
 WRAPPED = ("keras:pruning", "keras:qat", "keras:clustering")
@@ -78,3 +78,24 @@ def keras3_files(artifacts, out_dir: Path) -> list[dict[str, Any]]:
         rows.append({"artifact": art.name, "path": os.path.relpath(path, out_dir), "bytes": record["bytes"],
                      "sha256": record["sha256"], "max_abs_diff": record["max_abs_diff"]})
     return rows
+
+
+def keras3_source(ctx, info: dict[str, Any], *, custom: CustomObjects = NONE, allow_unsafe: bool = False) -> None:
+    """Mark a run whose model came from Keras 3: every Keras artifact gets a Keras 3 copy, and
+    the report says how the model was translated."""
+    ctx.keras3 = Keras3Writer(custom=custom, allow_unsafe=allow_unsafe)
+    ctx.note(f"model: a .{info['format']} file saved by Keras {info['keras_version']}; slimpipe translated it to "
+             f"an equivalent tf_keras model for tfmot ({info['layers']} layers, {info['params']:,} weights; "
+             f"outputs within {info['max_abs_diff']:.2g} of the original's on {SAMPLES} sample inputs; "
+             f"{info['seconds']:.1f} s) and writes each Keras model of the run back as a Keras 3 .keras "
+             "file beside its .h5")
+    for note in info.get("notes", []):
+        ctx.note(note)
+
+
+def keras3_outputs(ctx) -> None:
+    """A report note listing the run's Keras 3 files and their sizes."""
+    rows = keras3_files(ctx.artifacts, ctx.out_dir)
+    if rows:
+        ctx.note("Keras 3 models (keras.saving.load_model): " + ", ".join(
+            f"{r['path']} ({r['bytes']:,} bytes)" for r in rows) + ".")
