@@ -2,7 +2,8 @@
 
 Inputs are seeded uniform samples at the model's input shape, half in [0, 1] and half in
 [0, 255] (models that rescale their own input see both ranges they may expect). Outputs must
-agree within TOLERANCE relative to their scale: max |a - b| <= 1e-5 * max(1, max |reference|).
+agree within TOLERANCE relative to their scale: max |a - b| <= 1e-5 * max(1, max |reference|)
+(over its finite values).
 """
 from __future__ import annotations
 
@@ -37,12 +38,18 @@ def outputs(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def max_abs_diff(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float]:
-    """(max |diff|, the allowed max): TOLERANCE times the reference's scale (at least 1)."""
+    """(max |diff|, the allowed max): TOLERANCE times the reference's scale (at least 1).
+    Equal infinities (an exponential overflowing in both models) count as equal."""
     if len(reference) != len(candidate) or any(r.shape != c.shape for r, c in zip(reference, candidate)):
         return float("inf"), 0.0
-    diff = max(float(np.max(np.abs(r - c))) if r.size else 0.0 for r, c in zip(reference, candidate))
-    scale = max([1.0] + [float(np.max(np.abs(r))) for r in reference if r.size])
-    return (diff if np.isfinite(diff) else float("inf")), TOLERANCE * scale
+    diff, scale = 0.0, 1.0
+    for r, c in zip(reference, candidate):
+        with np.errstate(invalid="ignore"):
+            d = np.where(r == c, 0.0, np.abs(r - c))
+        diff = max(diff, float(np.max(np.nan_to_num(d, nan=np.inf))) if d.size else 0.0)
+        finite = np.abs(r[np.isfinite(r)])
+        scale = max(scale, float(finite.max()) if finite.size else 0.0)
+    return diff, TOLERANCE * scale
 
 
 def require_match(reference, candidate, what: str) -> float:

@@ -41,6 +41,14 @@ class CustomObjects:
     def names(self) -> frozenset[str]:
         return frozenset(self.keras3) | frozenset(self.tf_keras)
 
+    def keras3_objects(self) -> dict[str, type]:
+        """custom_objects for Keras 3's loader: each class under its key and its registered name."""
+        if not self.keras3:
+            return {}
+        import keras
+
+        return {**{keras.saving.get_registered_name(c): c for c in self.keras3.values()}, **self.keras3}
+
 
 NONE = CustomObjects()
 

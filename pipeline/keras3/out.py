@@ -49,7 +49,7 @@ class Keras3Writer:
         try:
             Keras3Builder(model, custom=self.custom).build().save(partial)
             reloaded = keras.saving.load_model(partial, compile=False, safe_mode=not self.allow_unsafe,
-                                               custom_objects=dict(self.custom.keras3))
+                                               custom_objects=self.custom.keras3_objects())
             x = sample_inputs(model)
             diff, allowed = max_abs_diff(outputs(model, x), outputs(reloaded, x))
             if not diff <= allowed:

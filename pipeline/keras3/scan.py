@@ -63,6 +63,8 @@ def scan(graph: Graph, *, custom: frozenset[str] = frozenset(), allow_unsafe: bo
             continue
         if policy in MIXED:
             mixed.append(entry.name)
+        elif "_from_" in policy:
+            add("quantized", f"'{entry.name}' ({entry.class_name}, {policy})")
         elif policy != "float32":
             add("dtype", f"'{entry.name}' ({entry.class_name}, dtype policy {policy})")
         if entry.config.get("data_format") == "channels_first":
@@ -143,7 +145,9 @@ _FIXES = {
                        "data_format='channels_last' (the weights stay the same)"),
     "dtype": ("layers that do not compute in float32 or mixed precision",
               "rebuild the model with the float32 policy (keras.config.set_dtype_policy('float32')) "
-              "and copy the weights over, or pass the float model before Keras 3's model.quantize()"),
+              "and copy the weights over"),
+    "quantized": ("layers quantized by Keras 3's model.quantize()",
+                  "slimpipe compresses float models: pass the model as saved before model.quantize()"),
 }
 
 

@@ -49,7 +49,7 @@ OPS = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply", "Divide": N
 # Activation names that compute the same function in both versions (Keras 3 name -> tf_keras).
 ACTIVATIONS_IN = {a: a for a in (
     "linear", "relu", "relu6", "elu", "selu", "softplus", "softsign", "tanh", "sigmoid",
-    "exponential", "softmax", "log_softmax", "gelu", "mish", "leaky_relu", "swish")} | {"silu": "swish"}
+    "exponential", "softmax", "gelu", "mish", "leaky_relu", "swish")} | {"silu": "swish"}
 ACTIVATIONS_OUT = {v: ("silu" if v == "swish" else v) for v in ACTIVATIONS_IN.values()}
 DECOMPOSED = frozenset({"hard_sigmoid", "hard_silu", "hard_swish"})
 
@@ -84,6 +84,8 @@ def policy_name(value) -> str:
     """The dtype policy's name ('float32', 'mixed_float16', ...) of a config's dtype value."""
     if isinstance(value, dict):
         inner = value.get("config") or {}
+        if inner.get("mode"):  # Keras 3's quantized policies: {"mode": "int8", "source_name": ...}
+            return f"{inner['mode']}_from_{inner.get('source_name', 'float32')}"
         return str(inner.get("name") or value.get("class_name"))
     return "float32" if value is None else str(value)
 

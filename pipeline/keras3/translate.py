@@ -42,7 +42,7 @@ def load_keras3_file(path: Path, kind: str, *, version: str = "3", allow_unsafe:
 
     try:
         source = keras.saving.load_model(path, compile=False, safe_mode=not allow_unsafe,
-                                         custom_objects=dict(custom.keras3))
+                                         custom_objects=custom.keras3_objects())
     except Exception as exc:
         text = str(exc).strip().splitlines()
         raise ConfigError(f"Keras {keras.__version__} could not load '{path}' ({type(exc).__name__}: "
@@ -82,7 +82,7 @@ def float32_twin(model, custom: CustomObjects = NONE):
 
     config = _float32(model.get_config())
     cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
-    twin = cls.from_config(config, custom_objects=dict(custom.keras3))
+    twin = cls.from_config(config, custom_objects=custom.keras3_objects())
     twin.set_weights(model.get_weights())
     return twin
 
