@@ -157,6 +157,12 @@ def test_lambda_translates_with_allow_unsafe(tmp_path):
     inputs = keras.Input((4, 4, 1), name="image")
     source = keras.Model(inputs, keras.layers.Flatten()(keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)))
     source.save(tmp_path / "lam.keras")
+    from slimpipe.pipeline.keras3.out import Keras3Writer
+    from slimpipe.pipeline.kerasio import save_keras
+
     model = load_user_model(tmp_path / "lam.keras", allow_unsafe=True)
     x = np.ones((1, 4, 4, 1), np.float32)
     np.testing.assert_array_equal(model(x).numpy(), np.full((1, 16), 2.0))
+    record = Keras3Writer(allow_unsafe=True).write(model, save_keras(model, tmp_path / "m.h5"), kind="keras")
+    back = keras.saving.load_model(tmp_path / record["file"], safe_mode=False)
+    np.testing.assert_array_equal(np.asarray(back(x)), np.full((1, 16), 2.0))

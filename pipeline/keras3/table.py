@@ -17,20 +17,19 @@ from typing import Any
 
 from slimpipe.pipeline.errors import ConfigError
 
-# Same class name, same computation in Keras 3 (keras.layers) and tf_keras.
+# Same class name, same computation in Keras 3 (keras.layers) and tf_keras; each one is
+# exercised by tests/pipeline/keras3/test_translate.py (every_layer).
 LAYERS = frozenset({
     "InputLayer", "Dense", "Identity", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
-    "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
-    "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+    "Conv1D", "Conv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+    "Conv1DTranspose", "Conv2DTranspose",
     "BatchNormalization", "LayerNormalization", "GroupNormalization", "UnitNormalization",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-    "Flatten", "Reshape", "Permute", "RepeatVector", "UpSampling1D", "UpSampling2D",
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-    "GaussianDropout", "ActivityRegularization",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
+    "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "Flatten", "Reshape", "Permute", "UpSampling2D",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
+    "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
     "Rescaling", "Normalization", "Resizing", "CenterCrop",
     "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
 })
