@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="run a recipe on a model and a data set")
     c.add_argument("--model", default="cnn", help="a model name (see 'slimpipe list') or a path "
-                   "to a saved Keras model (.keras, .h5 or SavedModel folder)")
+                   "to a saved Keras model (.keras, .h5 or SavedModel folder; tf_keras or Keras 3, "
+                   "whose models are translated and written back as .keras files)")
     c.add_argument("--dataset", default="fashion_mnist", help="a data set name, npz:PATH or tfds:NAME")
     c.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml file")
     c.add_argument("--out", default=None, help="output folder (default: runs/MODEL-DATASET)")

@@ -50,6 +50,9 @@ def load_keras3_file(path: Path, kind: str, *, version: str = "3", allow_unsafe:
     notes = []
     reference = float32_twin(source, custom) if mixed else source
     model = TfKerasBuilder(reference, custom=dict(custom.tf_keras)).build()
+    if int(model.count_params()) != int(reference.count_params()):
+        raise ConfigError(f"'{path.name}': the tf_keras translation holds {model.count_params()} weights, "
+                          f"the Keras 3 model {reference.count_params()}: the model cannot be translated")
     x = sample_inputs(model)
     expected = outputs(reference, x)
     diff = require_match(expected, outputs(model, x), f"the tf_keras translation of '{path.name}'")
@@ -59,13 +62,10 @@ def load_keras3_file(path: Path, kind: str, *, version: str = "3", allow_unsafe:
         notes.append(f"model: '{path.name}' computes in mixed precision ({', '.join(policies)}, "
                      f"{len(mixed)} layers); slimpipe translated it to float32 (its weights were float32 "
                      f"already), which differs from its own reduced-precision outputs by up to {own:.3g}")
-    info = {"keras_version": version if version != "3" else keras.__version__, "format": kind,
+    info = {"keras_version": version if version != "3" else "3 (no version recorded)", "format": kind,
             "layers": len(model.layers), "params": int(model.count_params()),
             "max_abs_diff": diff, "tolerance": TOLERANCE, "seconds": round(time.perf_counter() - started, 2),
             "notes": notes}
-    if int(model.count_params()) != int(reference.count_params()):
-        raise ConfigError(f"'{path.name}': the tf_keras translation holds {model.count_params()} weights, "
-                          f"the Keras 3 model {reference.count_params()}: the model cannot be translated")
     return model, info
 
 
