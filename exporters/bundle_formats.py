@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from slimpipe.exporters import bundle_onnx, bundle_tflite
+from slimpipe.exporters.bundle_spec import CannotEmbed
 from slimpipe.pipeline.errors import ConfigError
 
 Io = Callable[[Path], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
@@ -25,11 +26,22 @@ class BundleFormat:
     embedded: Mapping[str, list[str]]  # what `embed` adds, for metadata.json's bundle record
 
 
+def _keras_io(path: Path):
+    raise ConfigError(f"{path.name}: a .keras file's tensors are read by Keras 3, not here; fix: pass "
+                      "io=(input, output) to build_metadata (the bundle stage takes them from the model)")
+
+
+def _keras_as_written(model_bytes: bytes, metadata, labels) -> bytes:
+    raise CannotEmbed("a .keras file is bundled as written; its record is metadata.json")
+
+
 FORMATS: dict[str, BundleFormat] = {
     "tflite": BundleFormat("tflite", ".tflite", bundle_tflite.tflite_io,
                            bundle_tflite.embed_tflite_metadata, bundle_tflite.EMBEDDED),
     "onnx": BundleFormat("onnx", ".onnx", bundle_onnx.onnx_io,
                          bundle_onnx.embed_onnx_metadata, bundle_onnx.EMBEDDED),
+    # The Keras 3 copies of a run's Keras models (pipeline.keras3.out).
+    "keras": BundleFormat("keras", ".keras", _keras_io, _keras_as_written, {}),
 }
 BY_SUFFIX = {f.suffix: f for f in FORMATS.values()}
 

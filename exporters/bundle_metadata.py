@@ -32,13 +32,14 @@ NORMALIZATION_FORMULA = "x = pixel * scale + offset"
 def build_metadata(model_path, *, labels: Sequence[str], normalization: Mapping[str, Any],
                    measurement: Mapping[str, Any] | None = None,
                    lineage: Sequence[Mapping[str, Any]] = (), name: str | None = None,
-                   output_kind: str = "logits") -> dict[str, Any]:
+                   output_kind: str = "logits", io: tuple[dict, dict] | None = None) -> dict[str, Any]:
     """The metadata of one deployable file.
 
     measurement: the benchmark stage's record for this file (accuracy, bytes, gzip_bytes,
     sparsity, ...); without it accuracy is None and sizes are measured here.
     lineage: this artifact first, then its parent, ... up to the source, as
     {"name", "stage", "id", "format"} records. output_kind: "logits" or "probabilities".
+    io: (input, output) as `model_io` describes them, for files it cannot read (.keras).
     """
     path = Path(model_path)
     fmt = format_of(path).name
@@ -47,7 +48,7 @@ def build_metadata(model_path, *, labels: Sequence[str], normalization: Mapping[
                           f"Received: output_kind={output_kind!r}")
     labels = check_labels(labels)
     norm = check_normalization(normalization)
-    inp, out = model_io(path, fmt)
+    inp, out = (dict(io[0]), dict(io[1])) if io is not None else model_io(path, fmt)
     classes = out["shape"][-1] if out["shape"] else None
     if classes not in (None, -1) and classes != len(labels):
         raise ConfigError(f"{path.name}: the model outputs {classes} classes but {len(labels)} labels "

@@ -10,15 +10,12 @@ Errors a user can fix print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import sys
 import traceback
-from pathlib import Path
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
+from slimpipe.pipeline.errors import SlimpipeError, StageError
 from slimpipe.pipeline.gate_cli import add_gate_parser, run_gate
 from slimpipe.pipeline.results import add_results_parser, run_results
 from slimpipe.pipeline.startup import load_tensorflow
@@ -32,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="run a recipe on a model and a data set")
     c.add_argument("--model", default="cnn", help="a model name (see 'slimpipe list') or a path "
-                   "to a saved Keras model (.keras, .h5 or SavedModel folder)")
+                   "to a saved Keras model (.keras, .h5 or SavedModel folder; tf_keras or Keras 3, "
+                   "whose models are translated and written back as .keras files)")
     c.add_argument("--dataset", default="fashion_mnist",
                    help="a data set name, npz:PATH, dir:PATH (a folder of class folders of images) or tfds:NAME")
     c.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml file")
@@ -59,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                         "a model file's input (0-255), else 0-1")
     c.add_argument("--allow-unsafe-model", action="store_true",
                    help="load models with Lambda layers (runs code from the file)")
+    c.add_argument("--custom-objects", default=None, metavar="FILE.py",
+                   help="a Python file defining CUSTOM_OBJECTS = {\"Name\": (Keras3Class, TfKerasClass)} "
+                        "for the model's custom layers (the file is imported, i.e. run)")
     c.add_argument("--no-cache", action="store_true",
                    help="run every stage again instead of reusing finished ones in --out")
     sub.add_parser("list", help="list models, data sets, stages and recipes")
@@ -137,98 +138,11 @@ def _image_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2) or match.group(1))
 
 
-def default_out(model: str, dataset: str) -> Path:
-    stem = Path(model).stem if os.sep in model or "." in model else model
-    return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{stem}-{dataset}")
-
-
 def _compress(args) -> int:
-    from slimpipe.benchmarks.environment import environment
-    from slimpipe.pipeline.context import RunContext
-    from slimpipe.pipeline.html_report import write_html
-    from slimpipe.pipeline.inputs import RunOptions, load_inputs
-    from slimpipe.pipeline.provenance import run_record
-    from slimpipe.pipeline.recipe import check_fits_model, load_recipe, parse_overrides
-    from slimpipe.pipeline.report import build_report, write_plots, write_report
-    from slimpipe.pipeline.runner import run_recipe, save_source
+    from slimpipe.pipeline.compress import compress
     from slimpipe.stages import STAGES
 
-    if args.epochs is not None and args.epochs < 0:
-        raise ConfigError(f"--epochs must be >= 0. Received: --epochs {args.epochs}")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1. Received: --limit {args.limit}")
-    if not args.width > 0:
-        raise ConfigError(f"--width must be > 0. Received: --width {args.width}")
-    overrides = parse_overrides(args.set, STAGES)
-    if args.epochs is not None:
-        overrides.setdefault("train", {})["epochs"] = args.epochs
-    # Everything that can be checked is checked before any output is written.
-    recipe = load_recipe(args.recipe, STAGES, overrides=overrides)
-    inputs = load_inputs(args.model, args.dataset, RunOptions(
-        seed=args.seed, width=args.width, limit=args.limit, data_dir=args.data_dir,
-        image_size=args.image_size, test_split=args.test_split, skip_bad_images=args.skip_bad_images,
-        input_range=args.input_range, allow_unsafe_model=args.allow_unsafe_model, log=print))
-    model, trained, data = inputs.model, inputs.trained, inputs.data
-    for text in check_fits_model(recipe, model, data):
-        print(f"[slimpipe] note: {text}")
-
-    out = Path(args.out) if args.out else default_out(args.model, args.dataset)
-    keep = {f"{i:02d}-{step.name}" for i, step in enumerate(recipe, 1)} | {"00-source"}
-    _clear_previous_run(out, keep=set() if args.no_cache else keep)
-    _deterministic(args.seed)
-    ctx = RunContext(data=data, out_dir=out, model_name=args.model, seed=args.seed)
-    for note in inputs.notes:
-        ctx.note(note)
-    print(f"[slimpipe] {args.model} on {data.name}: {len(data.x_train)} training and "
-          f"{len(data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
-    source = save_source(ctx, model, spec=args.model, width=args.width, trained=trained,
-                         model_sha256=_file_sha256(args.model), cache=not args.no_cache)
-    run_recipe(recipe, source, ctx, cache=not args.no_cache)
-    reused = [t for t in ctx.stage_timings if t.get("reused")]
-    if reused:
-        ran = [t.get("ran_seconds") for t in reused]
-        took = "" if None in ran else f"; they took {sum(ran):.0f} s when they ran"
-        measured = [t["name"] for t in reused if t["stage"] == "benchmark"]
-        ctx.note(f"Reused {len(reused)} of {len(recipe)} stages from an earlier run in {out} "
-                 f"({', '.join(t['name'] for t in reused)}{took})"
-                 + (f"; the measurements of '{measured[0]}', latency included, are that run's"
-                    if measured else "") + "; pass --no-cache to run everything again.")
-    report = build_report(ctx, recipe=recipe.name, environment=environment(),
-                          run=run_record(args.argv))
-    images = write_plots(report, out)
-    json_path, md_path = write_report(report, out)
-    html_path = write_html(report, out, images)
-    print(f"[slimpipe] report: {md_path}, {html_path} and {json_path}")
-    return 0
-
-
-def _clear_previous_run(out: Path, keep: set[str]) -> None:
-    """Remove what an earlier run wrote to `out` (only slimpipe's own entries), except the
-    finished stage folders in `keep`, which the runner may reuse if their cache keys match."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file: give a folder path")
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in out.iterdir():
-        ours = re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|(report\.(json|md|html)|\w+_vs_accuracy\.png)(\.tmp)?"
-                            r"|\.(report\.(json|md|html)|\w+_vs_accuracy\.png)\.\w+\.tmp", entry.name)
-        if ours and entry.name not in keep:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
-def _deterministic(seed: int) -> None:
-    """Same seed, same numbers: a resumed run must reproduce an uninterrupted one."""
-    import tensorflow as tf
-    import tf_keras as keras
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-
-
-def _file_sha256(spec: str) -> str | None:
-    from slimpipe.pipeline.artifacts import content_sha256
-
-    path = Path(spec)
-    return content_sha256(path) if path.exists() else None
+    return compress(args, STAGES)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ stage took, notes for the report, an in-memory cache of Keras models so that a s
 not reload the file its predecessor just wrote, and a memo for other per-run results.
 Stages read it; what a stage adds to the run (artifacts, notes, measurements, the baseline)
 it returns as a `pipeline.stage.StageResult`, which the runner adds here.
+When the run's model came from Keras 3, `keras3` holds the writer that saves every Keras
+artifact as a Keras 3 `.keras` file too (see `pipeline.keras3.out`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from slimpipe.pipeline.artifacts import Artifact, make_artifact
 from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.keras3.out import Keras3Writer
 from slimpipe.pipeline.kerasio import load_keras, save_keras
 from slimpipe.pipeline.stage import stage_config
 
@@ -31,6 +34,7 @@ class RunContext:
     baseline: str | None = None  # name of the dense Keras baseline artifact
     stage_timings: list[dict[str, Any]] = field(default_factory=list)
     data_sha256: str | None = None  # fingerprint of the data set, part of every cache key
+    keras3: Keras3Writer | None = None  # set when the source model was saved by Keras 3
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -60,9 +64,12 @@ class RunContext:
 
     def save_model(self, stage, model, name: str, *, parent: Artifact | None, kind: str,
                    meta: dict[str, Any] | None = None) -> Artifact:
-        """Write `model` into the stage's folder and return its artifact record."""
+        """Write `model` into the stage's folder and return its artifact record (for a run
+        from Keras 3, with a Keras 3 copy `<name>.keras` beside it, recorded in meta["keras3"])."""
         path = self._stage_path(f"{name}.h5")
         save_keras(model, path)
+        if self.keras3 is not None:
+            meta = {**(meta or {}), "keras3": self.keras3.write(model, path, kind=kind)}
         art = make_artifact(name, path, fmt="keras", kind=kind, stage=stage.name,
                             config=stage_config(stage), parent=parent, meta=meta)
         self._models[art.id] = model

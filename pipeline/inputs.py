@@ -36,6 +36,7 @@ class RunOptions:
     skip_bad_images: bool = False
     input_range: str = "auto"
     allow_unsafe_model: bool = False
+    custom: Any = None  # the user's custom layer classes (--custom-objects), see pipeline.keras3.custom
     log: Callable[[str], None] | None = None
 
 
@@ -45,6 +46,7 @@ class Inputs:
     trained: bool
     data: Dataset
     notes: list[str] = field(default_factory=list)  # for the report
+    loaded: dict = field(default_factory=dict)  # {"keras3": what translating a Keras 3 file did}
 
 
 def load_inputs(model_spec: str, dataset_spec: str, options: RunOptions) -> Inputs:
@@ -53,7 +55,10 @@ def load_inputs(model_spec: str, dataset_spec: str, options: RunOptions) -> Inpu
         raise ConfigError(f"--input-range must be one of {', '.join(INPUT_RANGE_CHOICES)}. Received: "
                           f"{options.input_range!r}")
     is_file = model_spec not in MODELS and bool(model_spec) and Path(model_spec).expanduser().exists()
-    user_model = load_user_model(model_spec, allow_unsafe=options.allow_unsafe_model) if is_file else None
+    loaded: dict = {}
+    custom = {} if options.custom is None else {"custom": options.custom}
+    user_model = load_user_model(model_spec, allow_unsafe=options.allow_unsafe_model, record=loaded,
+                                 **custom) if is_file else None
     data = load_dataset(dataset_spec, limit=options.limit, data_dir=options.data_dir, seed=options.seed,
                         **_image_options(dataset_spec, user_model, options))
     input_range, why = choose_input_range(user_model, options.input_range)
@@ -75,7 +80,7 @@ def load_inputs(model_spec: str, dataset_spec: str, options: RunOptions) -> Inpu
     if skipped:
         notes.append(f"Data: {skipped} file{'s' if skipped != 1 else ''} of '{data.name}' skipped as not "
                      f"decodable images (--skip-bad-images), e.g. {data.details['skipped'][0]}.")
-    return Inputs(model, trained, data, notes)
+    return Inputs(model, trained, data, notes, loaded)
 
 
 def _image_options(dataset_spec: str, user_model, options: RunOptions) -> dict[str, Any]:

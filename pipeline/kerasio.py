@@ -1,7 +1,8 @@
 """Saving and loading the Keras models that artifacts hold.
 
 Keras artifacts are HDF5 files without optimizer state (the form tfmot's own tutorials measure).
-Models that still carry tfmot wrappers need tfmot's custom-object scopes to load.
+Models that still carry tfmot wrappers need tfmot's custom-object scopes to load, and models
+translated from Keras 3's ConvNeXt need slimpipe's LayerScale / StochasticDepth (registered here).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.pipeline.keras3 import tfk_layers
 
 
 def save_keras(model, path: Path) -> Path:
@@ -26,6 +28,7 @@ def save_keras(model, path: Path) -> Path:
 def tfmot_scope():
     import tensorflow_model_optimization as tfmot
 
+    tfk_layers.register()
     with contextlib.ExitStack() as stack:
         stack.enter_context(tfmot.sparsity.keras.prune_scope())
         stack.enter_context(tfmot.clustering.keras.cluster_scope())

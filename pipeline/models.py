@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import zipfile
 from pathlib import Path
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.keras3.custom import NONE, CustomObjects
+from slimpipe.pipeline.keras3.detect import SAVEDMODEL_HINT, keras3_version, read_config
+from slimpipe.pipeline.keras3.translate import load_keras3_file
 from slimpipe.pipeline.kerasio import tfmot_scope
 
 MODELS: dict[str, str] = {
@@ -184,7 +186,7 @@ def _sniff(path: Path) -> str:
             if (path / "keras_metadata.pb").is_file():
                 return "savedmodel"
             raise ConfigError(f"'{path}' is a TensorFlow SavedModel without Keras metadata "
-                              f"(keras_metadata.pb), e.g. from tf.saved_model.save: {_ACCEPTED}")
+                              f"(keras_metadata.pb): {SAVEDMODEL_HINT}")
         raise ConfigError(f"'{path}' is a folder without saved_model.pb, not a SavedModel: {_ACCEPTED}")
     with open(path, "rb") as f:
         head = f.read(64)
@@ -236,18 +238,7 @@ def _lambda_layers(path: Path, kind: str) -> list[str]:
             return []
         names = re.findall(rb'"class_name": "Lambda", "config": \{"name": "([^"]+)"', meta)
         return [n.decode("utf-8", "replace") for n in names] or ["?"]
-    if kind == "keras":
-        with zipfile.ZipFile(path) as zf:
-            config = json.loads(zf.read("config.json"))
-    else:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-        if raw is None:
-            raise ConfigError(f"'{path}' is an HDF5 file without a model config (weights only?): "
-                              "save the whole model with model.save(path)")
-        config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    config = read_config(path, kind)
     found: list[str] = []
 
     def walk(node):
@@ -265,20 +256,15 @@ def _lambda_layers(path: Path, kind: str) -> list[str]:
     return found
 
 
-def _keras3_version(path: Path) -> str | None:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            version = str(json.loads(zf.read("metadata.json")).get("keras_version", ""))
-    except (KeyError, ValueError, zipfile.BadZipFile):
-        return None
-    return version if version.startswith("3") else None
-
-
-def load_user_model(path: str | Path, *, allow_unsafe: bool = False):
+def load_user_model(path: str | Path, *, allow_unsafe: bool = False, custom: CustomObjects = NONE,
+                    record: dict | None = None):
     """Load a user's .keras / .h5 / SavedModel without running code stored in it.
 
     Lambda layers hold pickled Python code that runs on load; they are refused unless
-    `allow_unsafe`. The check reads the stored config before Keras touches the file.
+    `allow_unsafe`. The check reads the stored config before Keras touches the file. A file
+    saved by Keras 3 is translated into an equivalent tf_keras model (`pipeline.keras3`);
+    `record`, when given, receives {"keras3": what the translation did} then. `custom` holds
+    the user's layer classes (--custom-objects).
     """
     import tf_keras as keras
 
@@ -289,6 +275,13 @@ def load_user_model(path: str | Path, *, allow_unsafe: bool = False):
     if kind == "keras" and path.suffix != ".keras":
         raise ConfigError(f"'{path}' is a Keras v3 zip archive but is named '{path.name}': "
                           "rename it to end in .keras")
+    version = keras3_version(path, kind)
+    if version:
+        model, info = load_keras3_file(path, kind, version=version, allow_unsafe=allow_unsafe, custom=custom)
+        if record is not None:
+            record["keras3"] = info
+        _check_image_input(model, path)
+        return model
     try:
         lambdas = _lambda_layers(path, kind)
     except ConfigError:
@@ -299,18 +292,13 @@ def load_user_model(path: str | Path, *, allow_unsafe: bool = False):
     if lambdas and not allow_unsafe:
         raise ConfigError(f"model contains Lambda layer '{lambdas[0]}', whose Python code runs when "
                           "loaded; pass --allow-unsafe-model if you trust the file")
-    keras3 = _keras3_version(path) if kind == "keras" else None
     kwargs = {"safe_mode": not allow_unsafe} if kind == "keras" else {}
     try:
         with tfmot_scope():
             model = keras.models.load_model(path, compile=False, **kwargs)
     except Exception as exc:
-        if keras3:
-            raise ConfigError(f"'{path}' was saved by Keras {keras3}, which tf_keras (Keras 2, needed "
-                              "by tfmot) cannot read: re-save it with tf_keras as .h5, or rebuild it "
-                              "with tf_keras") from None
-        raise ConfigError(f"could not load Keras model '{path}' ({_first_line(exc)}): "
-                          f"{_ACCEPTED}; custom layers are not supported") from None
+        raise ConfigError(f"could not load Keras model '{path}' ({_first_line(exc)}): {_ACCEPTED}; "
+                          "custom layers need --custom-objects FILE.py") from None
     _check_image_input(model, path)
     return model
 
@@ -330,13 +318,14 @@ def _check_image_input(model, where) -> None:
 
 
 def resolve_model(spec: str, *, input_shape, num_classes, width: float = 1.0, seed: int = 0,
-                  allow_unsafe: bool = False):
-    """(model, trained): a zoo name builds an untrained model; a path loads a (trained) file."""
+                  allow_unsafe: bool = False, custom: CustomObjects = NONE, record: dict | None = None):
+    """(model, trained): a zoo name builds an untrained model; a path loads a (trained) file
+    (see `load_user_model` for `custom` and `record`)."""
     spec = str(spec)
     if spec in MODELS:
         return build_model(spec, input_shape, num_classes, width=width, seed=seed), False
     if spec and Path(spec).expanduser().exists():
-        return load_user_model(spec, allow_unsafe=allow_unsafe), True
+        return load_user_model(spec, allow_unsafe=allow_unsafe, custom=custom, record=record), True
     raise ConfigError(_unknown_model_message(spec))
 
 

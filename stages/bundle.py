@@ -24,7 +24,10 @@ class Bundle:
     A bundle records the accuracy the benchmark stage measured, so this stage must come after
     'benchmark'. Files whose export validation failed are skipped with a note. Bundles go to
     `<stage folder>/<artifact name>/` (+ `.zip` with `zip`), indexed by `bundles.json`; they are
-    packaging, not new model artifacts, so the stage returns none.
+    packaging, not new model artifacts, so the stage returns none. In a run from a Keras 3
+    model, each Keras 3 copy of a measured Keras artifact gets its own bundle too,
+    `<artifact name>.keras/` (the file as written, labels.txt, and metadata.json with the
+    accuracy measured on the tf_keras model whose outputs it reproduces).
 
     >>> Bundle(formats=("tflite",), zip=False)
     """
@@ -70,6 +73,8 @@ class Bundle:
                 "files": written["files"], "embedded": written["embedded"],
                 "accuracy": (metadata["accuracy"] or {}).get("top1"),
                 "sha256": metadata["sha256"]}
+        for target in _keras3_targets(ctx):
+            index[f"{target.name}.keras"] = self._keras3_bundle(target, ctx, out_dir)
         write_bytes_atomic(out_dir / "bundles.json", (json.dumps(
             {"bundles": index, "skipped": skipped}, indent=2, sort_keys=True) + "\n").encode())
         where = out_dir.name  # the runner writes into .NN-step.tmp/ and renames it NN-step/
@@ -103,6 +108,37 @@ class Bundle:
                               f"expected an 'export' (or 'quantize') step before 'benchmark'. "
                               f"Received: artifacts {', '.join(a.name for a in ctx.artifacts) or 'none'}")
         return targets, skipped, result
+
+    def _keras3_bundle(self, art: Artifact, ctx: RunContext, out_dir) -> dict:
+        path = art.path.parent / art.meta["keras3"]["file"]
+        if content_sha256(path) != art.meta["keras3"]["sha256"]:
+            raise StageError(f"stage 'bundle': {path} changed since it was recorded (sha256 differs); "
+                             "run again with --no-cache")
+        measured = {k: v for k, v in ctx.measurements.get(art.name, {}).items()
+                    if k not in ("bytes", "gzip_bytes")}  # those are the .h5's; the .keras is measured
+        metadata = build_metadata(path, name=f"{art.name}.keras", labels=ctx.data.labels,
+                                  normalization=ctx.data.normalization, measurement=measured,
+                                  lineage=_lineage(art, ctx), output_kind=_output_kind(art, ctx),
+                                  io=_keras_io(ctx.keras_model(art)))
+        result = write_bundle(path, out_dir, metadata=metadata, labels=ctx.data.labels, zip=self.zip,
+                              embed_metadata=False)
+        return {"dir": metadata["name"], "zip": f"{metadata['name']}.zip" if result["zip"] else None,
+                "files": result["files"], "embedded": result["embedded"],
+                "accuracy": (metadata["accuracy"] or {}).get("top1"), "sha256": metadata["sha256"]}
+
+
+def _keras3_targets(ctx: RunContext) -> list[Artifact]:
+    """Measured Keras artifacts that have a Keras 3 copy (runs from a Keras 3 model)."""
+    return [a for a in ctx.measurable() if a.is_keras and "file" in (a.meta.get("keras3") or {})
+            and a.name in ctx.measurements]
+
+
+def _keras_io(model) -> tuple[dict, dict]:
+    """(input, output) of a one-input, one-output Keras model, as exporters.bundle.model_io."""
+    def describe(tensor, name):
+        return {"name": name, "shape": [-1 if d is None else int(d) for d in tuple(tensor.shape)],
+                "dtype": tensor.dtype.name}
+    return describe(model.inputs[0], model.input_names[0]), describe(model.outputs[0], model.output_names[0])
 
 
 def _ancestors(art: Artifact, ctx: RunContext) -> list[Artifact]:

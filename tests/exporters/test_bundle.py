@@ -234,7 +234,7 @@ def test_bad_inputs_are_config_errors(files, tiny_data, tmp_path):
         build_metadata(path, labels=["a", "b\nc", "d", "e"], normalization=tiny_data.normalization)
     with pytest.raises(ConfigError, match="normalization"):
         build_metadata(path, labels=tiny_data.labels, normalization={"scale": 0, "offset": 0})
-    with pytest.raises(ConfigError, match=r"\.tflite or \.onnx"):
+    with pytest.raises(ConfigError, match=r"\.tflite, \.onnx or \.keras files"):
         build_metadata(tmp_path / "m.h5", labels=tiny_data.labels, normalization=tiny_data.normalization)
     meta = build_metadata(path, labels=tiny_data.labels, normalization=tiny_data.normalization)
     assert meta["accuracy"] is None and meta["bytes"] == path.stat().st_size

@@ -178,20 +178,6 @@ def test_weights_only_h5(tmp_path):
         load_user_model(tmp_path / "w.h5")
 
 
-def test_keras3_file_is_explained(tmp_path):
-    # What Keras 3 writes: metadata.json with keras_version 3.x and its own config schema.
-    path = tmp_path / "k3.keras"
-    config = {"module": "keras", "class_name": "Sequential", "config": {"name": "sequential", "layers": [
-        {"module": "keras.layers", "class_name": "InputLayer",
-         "config": {"batch_shape": [None, 8, 8, 1], "dtype": "float32", "name": "input_layer"}},
-        {"module": "keras.layers", "class_name": "Flatten", "config": {"name": "flatten"}}]}}
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
-        zf.writestr("config.json", json.dumps(config))
-    with pytest.raises(ConfigError, match=r"saved by Keras 3.15.1, which tf_keras .* cannot read"):
-        load_user_model(path)
-
-
 def test_model_without_single_image_input(tmp_path):
     inputs = keras.layers.Input((10,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
