@@ -50,7 +50,8 @@ def format_of(path: Path) -> BundleFormat:
     """The bundle format of an existing model file, by its suffix."""
     fmt = BY_SUFFIX.get(path.suffix.lower())
     if fmt is None:
-        raise ConfigError(f"bundles hold {' or '.join(BY_SUFFIX)} files. Received: {path.name}; "
+        known = list(BY_SUFFIX)
+        raise ConfigError(f"bundles hold {', '.join(known[:-1])} or {known[-1]} files. Received: {path.name}; "
                           f"fix: export the model first (stage 'export')")
     if not path.is_file():
         raise ConfigError(f"cannot bundle {path}: the file does not exist; fix: check the path")

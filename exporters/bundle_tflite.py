@@ -22,6 +22,7 @@ from slimpipe.exporters.bundle_spec import (LABELS_FILE, SLIMPIPE_METADATA_KEY, 
                                             json_bytes, labels_text)
 from slimpipe.exporters.bundle_zip import add_entries
 from slimpipe.exporters.tflite_model_metadata import decode_model_metadata, model_metadata_flatbuffer
+from slimpipe.exporters.tflite_pack import AlignedBuffer, pack_model
 from slimpipe.pipeline.errors import ConfigError
 
 TFLITE_METADATA_KEY = "TFLITE_METADATA"  # the name LiteRT's metadata tooling reads
@@ -55,7 +56,6 @@ def tflite_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 def embed_tflite_metadata(model: bytes, metadata: Mapping[str, Any], labels: Sequence[str]) -> bytes:
     """Return a copy of the TFLite flatbuffer `model` carrying TFLITE_METADATA, labels.txt as an
     associated file and a slimpipe_metadata JSON entry. Entries of those names are replaced."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
     model = bytes(model)
@@ -72,16 +72,14 @@ def embed_tflite_metadata(model: bytes, metadata: Mapping[str, Any], labels: Seq
                           f"{len(obj.subgraphs or [])}; embedding skipped")
     ours = {TFLITE_METADATA_KEY.encode(), SLIMPIPE_METADATA_KEY.encode()}
     obj.metadata = [m for m in obj.metadata or [] if _as_bytes(m.name) not in ours]
-    obj.buffers = [_AlignedBuffer.of(b) for b in obj.buffers or []]
+    obj.buffers = list(obj.buffers or [])
     for key, data in ((TFLITE_METADATA_KEY, model_metadata_flatbuffer(metadata, labels)),
                       (SLIMPIPE_METADATA_KEY, json_bytes(dict(metadata), indent=None))):
-        obj.buffers.append(_AlignedBuffer.of(data))
+        obj.buffers.append(AlignedBuffer.of(data))
         entry = fb.MetadataT()
         entry.name, entry.buffer = key, len(obj.buffers) - 1
         obj.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model) + 4096)
-    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
-    bio = io.BytesIO(bytes(builder.Output()))
+    bio = io.BytesIO(pack_model(obj))
     bio.seek(0, io.SEEK_END)
     # Associated files are a zip appended to the flatbuffer (tflite-support's layout), stored
     # uncompressed so that readers can map them in place.
@@ -92,38 +90,6 @@ def embed_tflite_metadata(model: bytes, metadata: Mapping[str, Any], labels: Seq
 
 def _as_bytes(v) -> bytes:
     return v.encode() if isinstance(v, str) else bytes(v or b"")
-
-
-class _AlignedBuffer:
-    """A TFLite Buffer table whose data is packed 16-byte aligned, as the schema asks
-    (`data:[ubyte] (force_align: 16)`); the generated BufferT.Pack aligns to 1 byte only."""
-
-    def __init__(self, data):
-        self.data = data
-
-    @classmethod
-    def of(cls, src) -> "_AlignedBuffer":
-        if isinstance(src, (bytes, bytearray)):
-            return cls(np.frombuffer(bytes(src), dtype=np.uint8))
-        data = src.data
-        if data is not None and not isinstance(data, np.ndarray):
-            data = np.asarray(data, dtype=np.uint8)
-        return cls(data)
-
-    def Pack(self, builder):  # noqa: N802  (the flatbuffers object-API name)
-        from ai_edge_litert import schema_py_generated as fb
-
-        data = None
-        if self.data is not None:
-            raw = np.ascontiguousarray(self.data, dtype=np.uint8).tobytes()
-            builder.StartVector(1, len(raw), 16)
-            builder.head = builder.head - len(raw)
-            builder.Bytes[builder.head:builder.head + len(raw)] = raw
-            data = builder.EndVector(len(raw))
-        fb.BufferStart(builder)
-        if data is not None:
-            fb.BufferAddData(builder, data)
-        return fb.BufferEnd(builder)
 
 
 def read_tflite_metadata(model: bytes) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from slimpipe.exporters.tflite_pack import pack_model
 from slimpipe.pipeline.atomic import write_bytes_atomic
 from slimpipe.pipeline.errors import ConfigError, StageError
 
@@ -172,7 +173,7 @@ def _stripped(flatbuffer: bytes) -> bytes:
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     flatbuffer_utils.strip_strings(model)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return pack_model(model)
 
 
 def _check_representative(model, mode: str, representative):

@@ -28,6 +28,8 @@ import zlib
 
 import numpy as np
 
+from slimpipe.exporters.tflite_pack import pack_model
+
 DENSE, SPARSE_CSR = 0, 1
 _MAX_PERMUTED_RANK = 4  # 24 orders; higher ranks try their own order and its reverse only
 
@@ -184,7 +186,7 @@ def smallest_sparse_layout(flatbuffer: bytes) -> tuple[bytes, list[dict]]:
                             "bytes_saved": raw0 - best[1], "gzip_saved": gz0 - best[0]})
     if not changes:
         return bytes(flatbuffer), []
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), changes
+    return pack_model(model), changes
 
 
 def _same_arrays(a, b) -> bool:

@@ -76,6 +76,10 @@ def load_inputs(model_spec: str, dataset_spec: str, options: RunOptions) -> Inpu
     if trained:
         result = check_baseline(model, data, seed=options.seed, source=f"model '{model_spec}'")
         data = data.with_details(baseline_check=result)
+        if "warning" in result:
+            notes.append(f"Baseline check: {result['warning']}.")
+            if options.log:
+                options.log(f"[slimpipe] warning: {result['warning']}")
     skipped = data.details.get("skipped_images")
     if skipped:
         notes.append(f"Data: {skipped} file{'s' if skipped != 1 else ''} of '{data.name}' skipped as not "

@@ -73,8 +73,13 @@ def choose_input_range(model, requested: str) -> tuple[str, str]:
 
 def check_baseline(model, data: Dataset, *, examples: int = BASELINE_EXAMPLES, seed: int = 0,
                    source: str = "the model") -> dict:
-    """Top-1 accuracy of a trained `model` on up to `examples` test images (class-balanced);
-    a ConfigError when it is at chance level, saying whether the other input range does better."""
+    """Top-1 accuracy of a trained `model` on up to `examples` test images (class-balanced).
+
+    At chance level, a ConfigError when the other input range does better (the model expects the
+    other range: a run would compress it on inputs it cannot read); else the result carries a
+    `warning` for the report and the log (an untrained model, or classes in another order), and
+    the run goes on: a user may hand over an architecture for the train stage to train
+    (`if_trained = "continue"`)."""
     index = stratified_subset(data.y_test, min(examples, len(data.y_test)), seed=seed)
     x, y = np.asarray(data.x_test[index], dtype=np.float32), data.y_test[index]
     chance = float(np.bincount(y).max() / len(y))
@@ -89,16 +94,17 @@ def check_baseline(model, data: Dataset, *, examples: int = BASELINE_EXAMPLES, s
             f"range {data.input_range} ({data.details.get('input_range_source', 'default')}), where "
             f"chance is {chance:.0%}")
     if data.input_range == AS_STORED:
-        raise ConfigError(f"{said}: check that the model is trained for these classes, in this order, "
-                          "and that the stored images are scaled as it was trained")
+        return {**result, "warning": f"{said}: check that the model is trained for these classes, in "
+                                     "this order, and that the stored images are scaled as it was trained"}
     other = "0-1" if data.input_range == "0-255" else "0-255"
     other_accuracy = _accuracy(model, rescale(x, other), y)
     if other_accuracy > threshold:
         raise ConfigError(f"{said}, but {other_accuracy:.0%} with input range {other}: the model expects "
                           f"{other} pixels; pass --input-range {other}")
-    raise ConfigError(f"{said}, and {other_accuracy:.0%} with input range {other}: check that the model "
-                      "is trained, that its classes are the data set's in the same order (class "
-                      "folders sorted by name), and its input range (--input-range 0-255|0-1)")
+    return {**result, "warning": f"{said}, and {other_accuracy:.0%} with input range {other}: it looks "
+                                 "untrained, or its classes are not the data set's in the same order (class "
+                                 "folders sorted by name); the train stage keeps a model file as the baseline "
+                                 "unless if_trained = \"continue\""}
 
 
 def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:

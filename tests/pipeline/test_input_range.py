@@ -1,5 +1,6 @@
 """Input range: detecting a model's own preprocessing, and the baseline check that catches a
 model fed the wrong range (a real model trained here on Fashion-MNIST)."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +108,15 @@ def test_baseline_check_catches_the_wrong_range(rescaling_model):
 
 
 @needs_fashion
-def test_baseline_check_stops_a_model_that_learned_nothing():
+def test_baseline_check_warns_about_a_model_that_learned_nothing():
     import tf_keras as keras
 
     data = load_dataset("fashion_mnist", data_dir=FASHION, limit=100)
     blank = keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(10, kernel_initializer="zeros")])  # one class for all
-    with pytest.raises(ConfigError, match=r"scores 10% on 200 test images .* and 10% with input range "
-                                          r"0-255: check that the model is trained"):
-        check_baseline(blank, data.with_input_range("0-1", "default"), examples=200)
+    # Neither range does better: not a range problem, so the run goes on, with the warning
+    # (an architecture handed over for training looks exactly like this).
+    result = check_baseline(blank, data.with_input_range("0-1", "default"), examples=200)
+    assert result["accuracy"] == pytest.approx(0.1)
+    assert re.search(r"scores 10% on 200 test images .* and 10% with input range 0-255: it looks untrained",
+                     result["warning"])
