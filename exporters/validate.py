@@ -62,17 +62,28 @@ def check_parity(reference: np.ndarray, path, fmt: str, x: np.ndarray, *,
 
 
 def raise_on_mismatch(results: dict[str, dict]) -> None:
-    """Raise ONE ExportValidationError naming every result that did not pass."""
+    """Raise ONE ExportValidationError naming every float result that did not pass: a float file
+    that computes something else than its Keras model is a broken export. Quantized results
+    (judged on top-1 agreement, `min_agreement` in the record) are left to `agreement_note`."""
     failed = [
-        f"{name}: top-1 agreement {r['top1_agreement']:.3f} < min_agreement {r['min_agreement']} "
-        f"on {r['samples']} samples (max |diff| {r['max_abs_diff']:.1e})" if "min_agreement" in r else
         f"{name}: max |diff| {r['max_abs_diff']:.1e} > atol {r['atol']:.0e} + rtol "
         f"{r.get('rtol', 0.0):.0e} x |Keras logit| on "
         f"{r['mismatched_samples']} of {r['samples']} samples (top-1 agreement {r['top1_agreement']:.3f})"
-        for name, r in results.items() if not r.get("passed", False)
+        for name, r in results.items() if not r.get("passed", False) and "min_agreement" not in r
     ]
     if failed:
         raise ExportValidationError(
             f"{len(failed)} exported model(s) do not match the Keras reference: {'; '.join(failed)}. "
-            f"Fix: check the export options, or raise atol/rtol (float files) or lower min_agreement "
-            f"(int8 files)")
+            f"Fix: check the export options, or raise atol/rtol")
+
+
+def agreement_note(name: str, check: dict, stage: str) -> str | None:
+    """A quantized file below its top-1 agreement: recorded, not raised. Quantization error on a
+    weakly trained model is a measurement, not a broken export; the file's parity is marked
+    failed, so it is not deployable, gets no bundle, and `--require-parity` fails the gate."""
+    if check.get("passed", True):
+        return None
+    return (f"{stage}: {name} agrees with its Keras model on {check['top1_agreement']:.3f} of top-1 "
+            f"classes ({check['samples']} samples), below min_agreement {check['min_agreement']}: its "
+            "parity is recorded as failed (not deployable, no bundle; --require-parity fails the gate). "
+            "Fix: train longer, raise the calibration samples, or use a float or dynamic-range file")

@@ -6,14 +6,14 @@ from typing import ClassVar
 
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.context import RunContext
-from slimpipe.pipeline.stage import check_choice, check_count, check_fraction, require
+from slimpipe.pipeline.stage import StageResult, check_choice, check_count, check_fraction, require
 
 from slimpipe.benchmarks.sparsity import SPARSE_MIN, weight_sparsity
 from slimpipe.exporters.onnx import export_onnx
 from slimpipe.exporters.onnx_quant import quantize_onnx_dynamic, quantize_onnx_static
 from slimpipe.exporters.tflite import SPARSE_LAYOUTS, export_tflite
 from slimpipe.exporters.tflite_sparse import sparse_orders
-from slimpipe.exporters.validate import check_parity, raise_on_mismatch
+from slimpipe.exporters.validate import agreement_note, check_parity, raise_on_mismatch
 
 FORMATS = ("tflite", "onnx")
 ONNX_INT8 = ("dynamic", "static")
@@ -80,7 +80,7 @@ class Export:
         require(isinstance(self.rtol, (int, float)) and self.rtol >= 0, self.name,
                 f"rtol must be a number >= 0. Received: rtol={self.rtol!r}")
 
-    def run(self, art: Artifact, ctx: RunContext) -> list[Artifact]:
+    def run(self, art: Artifact, ctx: RunContext) -> StageResult:
         x = ctx.data.x_test[: self.parity_samples]
         outputs, checks = [], {}
         for target in self._targets(art, ctx):
@@ -105,7 +105,8 @@ class Export:
                 if fmt == "onnx":
                     outputs += self._onnx_int8(path, target, reference, x, ctx, checks)
         raise_on_mismatch(checks)
-        return outputs
+        notes = [agreement_note(name, check, "export") for name, check in checks.items()]
+        return StageResult(outputs, notes=[n for n in notes if n])
 
     def _onnx_int8(self, src, target: Artifact, reference, x, ctx: RunContext, checks) -> list[Artifact]:
         out = []

@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from slimpipe.pipeline.artifacts import Artifact
-from slimpipe.pipeline.errors import ConfigError, ExportValidationError
+from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.stage import StageResult, check_choice, check_count, check_fraction, require
 from slimpipe.stages.finetune import FineTune
@@ -19,7 +19,7 @@ from slimpipe.benchmarks.sparsity import weight_sparsity
 from slimpipe.exporters.stem import space_to_depth_stem
 from slimpipe.exporters.tflite import SPARSE_LAYOUTS, export_tflite
 from slimpipe.exporters.tflite_sparse import sparse_orders
-from slimpipe.exporters.validate import check_parity
+from slimpipe.exporters.validate import agreement_note, check_parity
 
 PTQ_MODES = ("dynamic", "int8", "float16")
 MODES = PTQ_MODES + QAT_MODES
@@ -213,13 +213,9 @@ class Quantize(FineTune):
         # atol/mismatched_samples stay in the record as information.
         check = {**check, "min_agreement": self.min_agreement,
                  "passed": check["top1_agreement"] >= self.min_agreement}
-        if not check["passed"]:
-            raise ExportValidationError(
-                f"{path.name}: top-1 agreement {check['top1_agreement']:.3f} with the "
-                f"{'float' if self.mode in PTQ_MODES else 'quantization-aware'} Keras model "
-                f"on {check['samples']} test samples is below min_agreement {self.min_agreement} "
-                f"(max |diff| {check['max_abs_diff']:.2g}). Fix: fine-tune longer (epochs), raise "
-                f"representative_samples, use mode 'dynamic' or 'float16', or lower min_agreement")
+        failed = agreement_note(path.name, check, "quantize")
+        if failed:
+            result.note(failed)
         if check["delegate"] != "xnnpack":
             result.note(f"quantize: {path.name} runs on LiteRT's builtin kernels: XNNPACK did not take it"
                      + (" (sparse weight storage)" if self.sparse else ""))

@@ -108,3 +108,18 @@ def test_sparse_model_also_gets_sparse_tflite_storage(trained, tmp_path, tiny_da
 def test_bad_parameters_are_refused_when_built(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         Export(**kwargs)
+
+
+def test_an_int8_file_below_min_agreement_is_recorded_not_raised(tmp_path, tiny_data):
+    # An untrained model's logits are near-ties, so int8 flips top-1 classes and 1.0 is strict; a
+    # float file of the same model still has to match (it would raise).
+    untrained = make_artifact("untrained", save_keras(make_tiny_model(), tmp_path / "u.h5"), fmt="keras",
+                              kind="keras", stage="source", config={}, parent=None)
+    ctx = RunContext(data=tiny_data, out_dir=tmp_path, stage_dir=tmp_path / "export")
+    files = {a.name: a for a in run_stage(Export(formats=("onnx",), onnx_int8=("dynamic",), min_agreement=1.0),
+                                          untrained, ctx)}
+    assert files["untrained.onnx"].meta["validation"]["passed"]
+    check = files["untrained.dynamic.onnx"].meta["validation"]
+    assert check["passed"] is False and check["top1_agreement"] < 1.0
+    assert any(n.startswith("export: untrained.dynamic.onnx agrees with its Keras model on") and
+               "its parity is recorded as failed" in n for n in ctx.notes)
