@@ -55,7 +55,7 @@ def _styled(text: str, style: str | None) -> str:
 
 def _table(table: Table) -> str:
     lines = [] if table.caption is None else [table.caption, ""]
-    lines.append("| " + " | ".join(table.head) + " |")
+    lines.append("| " + " | ".join(_cell(h) for h in table.head) + " |")
     lines.append("|" + "|".join("---:" if i in table.numeric else "---"
                                 for i in range(len(table.head))) + "|")
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.rows]

@@ -14,6 +14,7 @@ from slimpipe.pipeline.document import (Bullets, Cell, Document, Figure, Figures
                                         Section, Table, Tree, TreeNode, code)
 from slimpipe.pipeline.pareto import pareto_table, smallest_sentence
 from slimpipe.pipeline.plots import PLOT_ALT
+from slimpipe.pipeline.sections_run import run_sections
 from slimpipe.pipeline.rows import (DASH, baseline_row, fmt_bytes, fmt_num, fmt_x, point_1x1,
                                     ratio_of, reference_for, speedup, speedup_range)
 from slimpipe.pipeline.speed import isa_summary, sparse_kernels, sparsity_and_speed, speed_summary
@@ -55,7 +56,7 @@ def report_document(report: Report, plots: Iterable[str] = ()) -> Document:
     """The whole report; `plots` names the plot files (PNG) that go with it."""
     sections = [artifacts_section(report), pareto_section(report, set(plots)),
                 latency_section(report), *complexity_section(report), sparsity_section(report),
-                stages_section(report), environment_section(report)]
+                stages_section(report), *run_sections(report), environment_section(report)]
     if report.get("notes"):
         sections.append(Section("Notes", [Bullets(list(report["notes"]), id="notes")]))
     title = f"slimpipe report: {report.get('model')} on {report.get('dataset')}"

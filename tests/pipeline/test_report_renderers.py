@@ -91,7 +91,11 @@ def report(tmp_path, tiny_data):
         for n, s in (("03-structured", "structured_prune"), ("04-export", "export"),
                      ("05-quantize", "quantize"), ("06-benchmark", "benchmark"))]
     ctx.note("ONNX export of pruned failed parity | see validation")
-    report = build_report(ctx, recipe="default", environment=ENV)
+    run = {"command": "slimpipe compress --recipe default", "finished_utc": "2026-01-02T03:04:05Z",
+           "make": {"RECIPE": "default"}, "git": {"commit": "0" * 40, "dirty": True}}
+    report = build_report(ctx, recipe="default", environment=ENV, run=run)
+    report["keras3_files"] = [{"artifact": "pruned", "path": "02-strip/pruned.keras", "bytes": 1234,
+                               "sha256": "0" * 64, "max_abs_diff": 2e-7}]
     return report
 
 
@@ -185,7 +189,7 @@ def test_markdown_and_html_carry_the_same_sections_tables_and_rows(report):
 
     assert [t for t, _ in md_sections] == [t for t, _ in page.sections] == [
         "Artifacts", "Size, accuracy and the Pareto frontiers", "Latency", "Complexity",
-        "Sparsity and speed", "Stages", "Environment", "Notes"]
+        "Sparsity and speed", "Stages", "Run", "Data", "Keras 3 files", "Environment", "Notes"]
     for (title, md_tables), (_, html_tables) in zip(md_sections, page.sections):
         assert md_tables == html_tables, title
     tables = {title: tables for title, tables in md_sections}
