@@ -81,6 +81,8 @@ class Benchmark:
         gpus = gpu_devices()
         jobs, measured = [], {}
         for target in ctx.measurable():
+            if target.meta.get("reloads") is False:
+                continue  # a QAT model tfmot cannot load back (the quantize stage says so)
             measured[target.name], target_jobs = self._measure(target, x, y, reference, gpus)
             jobs += target_jobs
         if self.sparse_kernels:
