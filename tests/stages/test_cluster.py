@@ -3,35 +3,13 @@ the input model is never modified, and bad parameters fail before any work."""
 import numpy as np
 import pytest
 
-from slimpipe.pipeline.artifacts import make_artifact
-from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, load_keras, save_keras
 from slimpipe.stages.cluster import Cluster
 from slimpipe.pipeline.runner import run_stage
-from slimpipe.stages.train import Train
-from tests.conftest import make_tiny_model
+from tests.stages.conftest import keras_artifact
 
 KERNELS = ("conv", "dense", "logits")
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("SLIMPIPE_QUIET", "1")
-
-
-@pytest.fixture(scope="module")
-def trained_path(tmp_path_factory, tiny_data):
-    tmp = tmp_path_factory.mktemp("trained")
-    ctx = RunContext(data=tiny_data, out_dir=tmp)
-    src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
-                        kind="keras", stage="source", config={}, parent=None)
-    ctx.stage_dir = tmp / "train"
-    return run_stage(Train(epochs=3), src, ctx)[0].path
-
-
-def artifact(path, name="trained"):
-    return make_artifact(name, path, fmt="keras", kind="keras", stage="train", config={}, parent=None)
 
 
 def run(stage, art, ctx):
@@ -45,7 +23,7 @@ def kernels(path):
 
 
 def test_every_kernel_has_at_most_clusters_values_and_the_input_is_untouched(ctx, trained_path):
-    art = artifact(trained_path)
+    art = keras_artifact(trained_path)
     source = ctx.keras_model(art)
     before = [w.copy() for w in source.get_weights()]
 
@@ -70,7 +48,7 @@ def test_preserve_sparsity_keeps_a_pruned_model_sparse(ctx, trained_path, tmp_pa
     kernel, bias = dense.get_weights()
     kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.7)] = 0.0
     dense.set_weights([kernel, bias])
-    art = artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
+    art = keras_artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
 
     [out] = run(Cluster(clusters=8, preserve_sparsity=True, layers=("dense",), epochs=1), art, ctx)
 
@@ -85,7 +63,7 @@ def test_preserve_sparsity_keeps_a_pruned_model_sparse(ctx, trained_path, tmp_pa
 
 def test_unknown_layer_names_are_listed(ctx, trained_path):
     with pytest.raises(ConfigError, match=r"'nope' selects none of the layers this stage can work on \(conv, dense, logits\)"):
-        run(Cluster(layers=("dense", "nope")), artifact(trained_path), ctx)
+        run(Cluster(layers=("dense", "nope")), keras_artifact(trained_path), ctx)
 
 
 @pytest.mark.parametrize("kwargs, field", [

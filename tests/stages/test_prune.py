@@ -6,38 +6,13 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from slimpipe.pipeline.artifacts import make_artifact
-from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.pipeline.kerasio import load_keras, save_keras
+from slimpipe.pipeline.kerasio import load_keras
 from slimpipe.stages.prune import Prune
 from slimpipe.pipeline.runner import run_stage
-from slimpipe.stages.train import Train
-from tests.conftest import make_tiny_model
 
 KERNELS = ("conv", "dense", "logits")
 Wrapper = pruning_wrapper.PruneLowMagnitude
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("SLIMPIPE_QUIET", "1")
-
-
-@pytest.fixture(scope="module")
-def trained_path(tmp_path_factory, tiny_data):
-    """One trained tiny model per module (magnitude pruning of random weights proves less)."""
-    tmp = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLIMPIPE_QUIET", "1")
-        return _train(tmp, tiny_data)
-
-
-def _train(tmp, tiny_data):
-    ctx = RunContext(data=tiny_data, out_dir=tmp)
-    src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
-                        kind="keras", stage="source", config={}, parent=None)
-    ctx.stage_dir = tmp / "train"
-    return run_stage(Train(epochs=3), src, ctx)[0].path
 
 
 @pytest.fixture

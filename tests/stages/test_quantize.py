@@ -6,8 +6,6 @@ import re
 import numpy as np
 import pytest
 
-from slimpipe.pipeline.artifacts import make_artifact
-from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, load_keras, save_keras
 from slimpipe.benchmarks.runtimes import open_runtime
@@ -15,36 +13,17 @@ from slimpipe.benchmarks.accuracy import top1_agreement
 from slimpipe.stages.cluster import Cluster
 from slimpipe.stages.quantize import Quantize, tflite_weight_tensors
 from slimpipe.pipeline.runner import run_stage
-from slimpipe.stages.train import Train
-from tests.conftest import TINY_SHAPE, make_tiny_model
+from tests.stages.conftest import keras_artifact
+from tests.conftest import TINY_SHAPE
 
 # Dynamic-range quantization leaves tensors under 1024 values in float (TFLite's threshold):
 # of the tiny model only the 200x32 "dense" kernel is that large.
 BIG = (32, 200)
 
 
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("SLIMPIPE_QUIET", "1")
-
-
-@pytest.fixture(scope="module")
-def trained_path(tmp_path_factory, tiny_data):
-    tmp = tmp_path_factory.mktemp("trained")
-    ctx = RunContext(data=tiny_data, out_dir=tmp)
-    src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
-                        kind="keras", stage="source", config={}, parent=None)
-    ctx.stage_dir = tmp / "train"
-    return run_stage(Train(epochs=3), src, ctx)[0].path
-
-
-def artifact(path, name="trained"):
-    return make_artifact(name, path, fmt="keras", kind="keras", stage="train", config={}, parent=None)
-
-
 @pytest.fixture
 def trained(trained_path):
-    return artifact(trained_path)
+    return keras_artifact(trained_path)
 
 
 def run(stage, art, ctx, folder="quantize"):
@@ -135,7 +114,7 @@ def test_pqat_keeps_the_sparsity_of_a_pruned_input(ctx, trained_path, tmp_path):
             kernel, bias = layer.get_weights()
             kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.7)] = 0.0
             layer.set_weights([kernel, bias])
-    art = artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
+    art = keras_artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
 
     keras_art, tfl = run(Quantize(mode="pqat", epochs=1), art, ctx)
 
@@ -154,7 +133,7 @@ def test_sparse_int8_records_its_layout_and_is_no_larger_than_the_converters(ctx
     kernel, bias = pruned.get_layer("dense").get_weights()  # BIG: [200, 32] in Keras
     kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.9)] = 0.0
     pruned.get_layer("dense").set_weights([kernel, bias])
-    art = artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
+    art = keras_artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
 
     ours = run(Quantize(mode="int8", sparse=True), art, ctx, "smallest")[0]
     theirs = run(Quantize(mode="int8", sparse=True, sparse_layout="converter"), art, ctx, "converter")[0]
@@ -194,7 +173,7 @@ def bn_model():
 
 
 def test_a_layer_tfmot_cannot_quantize_stays_float_and_is_named(ctx, tmp_path):
-    art = artifact(save_keras(bn_model(), tmp_path / "bn.h5"), "bn")
+    art = keras_artifact(save_keras(bn_model(), tmp_path / "bn.h5"), "bn")
     stage = Quantize(mode="qat", min_agreement=0.0)
     note = ("quantize qat: bn_after_dense stay float in the QAT model and its file: tfmot's 8-bit "
             "quantization-aware training does not support them")
@@ -214,14 +193,14 @@ def test_wrapped_input_is_refused(ctx, tmp_path, trained_path):
     import tensorflow_model_optimization as tfmot
 
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(clone_with_weights(load_keras(trained_path)))
-    art = artifact(save_keras(wrapped, tmp_path / "pruning.h5"), "pruning")
+    art = keras_artifact(save_keras(wrapped, tmp_path / "pruning.h5"), "pruning")
     with pytest.raises(ConfigError, match=r"pruning wrappers on prune_low_magnitude_conv.*put 'strip' after 'prune'"):
         run(Quantize(mode="dynamic"), art, ctx)
 
 
 def test_disagreement_is_recorded_as_failed_parity_with_a_note(ctx, tiny_model, tmp_path):
     # An untrained model's logits are near-ties: int8 flips many top-1 classes, and 1.0 is strict.
-    art = artifact(save_keras(tiny_model, tmp_path / "untrained.h5"), "untrained")
+    art = keras_artifact(save_keras(tiny_model, tmp_path / "untrained.h5"), "untrained")
     [out] = run(Quantize(mode="int8", representative_samples=50, min_agreement=1.0), art, ctx)
     check = out.meta["validation"]
     assert check["passed"] is False and check["top1_agreement"] < 1.0 and check["min_agreement"] == 1.0
@@ -341,7 +320,7 @@ def test_space_to_depth_stem_leaves_other_models_as_they_are_with_a_note(ctx, tm
     L = keras.layers
     model = keras.Sequential([L.Input(TINY_SHAPE), L.Conv2D(8, 3, strides=2, activation="relu"),
                               L.Flatten(), L.Dense(4)], name="strided")
-    art = artifact(save_keras(model, tmp_path / "strided.h5"), "strided")
+    art = keras_artifact(save_keras(model, tmp_path / "strided.h5"), "strided")
 
     [out] = run(Quantize(mode="dynamic", space_to_depth_stem=True), art, ctx)
 

@@ -3,19 +3,13 @@ import numpy as np
 import pytest
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
-from tests.conftest import make_tiny_model
+from tests.stages.conftest import run_on_tiny
 from slimpipe.pipeline.artifacts import make_artifact
-from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import load_keras, save_keras
 from slimpipe.stages.prune import Prune
 from slimpipe.pipeline.runner import run_stage
 from slimpipe.stages.strip import Strip
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    monkeypatch.setenv("SLIMPIPE_QUIET", "1")
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +18,7 @@ def pruning_path(tmp_path_factory, tiny_data):
     tmp = tmp_path_factory.mktemp("pruning")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLIMPIPE_QUIET", "1")
-        return _prune(tmp, tiny_data)
-
-
-def _prune(tmp, tiny_data):
-    ctx = RunContext(data=tiny_data, out_dir=tmp)
-    src = make_artifact("source", save_keras(make_tiny_model(), tmp / "source.h5"), fmt="keras",
-                        kind="keras", stage="source", config={}, parent=None)
-    ctx.stage_dir = tmp / "prune"
-    return run_stage(Prune(final_sparsity=0.6, layers=("conv", "dense")), src, ctx)[0].path
+        return run_on_tiny(Prune(final_sparsity=0.6, layers=("conv", "dense")), tmp, tiny_data, "prune")[0].path
 
 
 @pytest.fixture
