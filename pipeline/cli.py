@@ -10,6 +10,7 @@ Errors a user can fix print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import traceback
@@ -18,7 +19,7 @@ import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorF
 from slimpipe.pipeline.errors import SlimpipeError, StageError
 from slimpipe.pipeline.gate_cli import add_gate_parser, run_gate
 from slimpipe.pipeline.results import add_results_parser, run_results
-from slimpipe.pipeline.startup import load_tensorflow
+from slimpipe.pipeline.startup import load_tensorflow, quiet_stderr
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "results":
             return run_results(args)
         load_tensorflow(verbose=args.verbose)  # its start-up notices only with --verbose
-        return _compress(args)
+        with contextlib.nullcontext() if args.verbose else quiet_stderr():
+            return _compress(args)
     except StageError as exc:
         if args.debug:
             traceback.print_exc()

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 from typing import Iterator
 
@@ -32,6 +33,11 @@ STARTUP_NOTICE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|To enable the following instructions: .*"  # second line of the CPU-instructions notice
     rf"|{_LOG_LINE}")
+# Lines TensorFlow, LiteRT and the converter write while a run works that report nothing wrong.
+RUN_NOISE = re.compile(
+    r".*NodeDef mentions attribute \w+ which is not in the op definition.*"  # tf.data op version skew
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+")
 TF_MODULES = r"(tensorflow|tf_keras|tensorflow_model_optimization)(\.|$)"  # their Python warnings
 QUIET_LEVEL = "2"  # TF_CPP_MIN_LOG_LEVEL: errors only
 VERBOSE_LEVEL = "0"  # everything, INFO included
@@ -99,3 +105,40 @@ def filtered_stderr() -> Iterator[None]:
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+def is_run_noise(line: str) -> bool:
+    """Whether a line written during a run is one of RUN_NOISE or a start-up notice."""
+    return RUN_NOISE.fullmatch(line.rstrip("\r\n")) is not None or is_startup_notice(line)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """For a whole command: file descriptor 2 goes through a pipe whose reader passes every line
+    on at once, except the ones `is_run_noise` names. Errors and tracebacks pass unchanged."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        read_end, write_end = os.pipe()
+    except (OSError, ValueError):  # no usable stderr: nothing to filter
+        yield
+        return
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    reader = threading.Thread(target=_pass_on, args=(read_end, saved), daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer goes: the reader sees the end and stops
+        reader.join(timeout=5)
+        os.close(saved)
+
+
+def _pass_on(read_end: int, target: int) -> None:
+    with os.fdopen(read_end, "rb") as lines:
+        for line in lines:
+            if not is_run_noise(line.decode("utf-8", errors="replace")):
+                os.write(target, line)

@@ -77,3 +77,18 @@ def test_a_run_prints_no_tensorflow_startup_lines_unless_verbose(tmp_path):
     assert loud.returncode == 2
     assert TF_LOG_LINE.search(loud.stderr), loud.stderr  # TensorFlow's own log lines
     assert loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_quiet_stderr_drops_run_noise_and_passes_everything_else_at_once(capfd):
+    from slimpipe.pipeline.startup import quiet_stderr
+
+    noise = ("E0000 00:00:1796333253.355807    6963 node_def_util.cc:682] NodeDef mentions attribute "
+             "use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset>\n"
+             "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+             "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+             "output_inference_type: FLOAT32\n")
+    real = "E0000 00:00:1.0    1 kernel.cc:1] a real error\nTraceback (most recent call last):\n"
+    with quiet_stderr():
+        os.write(2, noise.encode())
+        os.write(2, real.encode())
+    assert capfd.readouterr().err == real
