@@ -7,6 +7,7 @@ data (and that they fit each other), and every step's fit to the model (`check_f
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.errors import ConfigError, StageError
 
 
 @dataclass
@@ -30,25 +31,34 @@ class Prepared:
 def compress(args, registry: Mapping[str, type]) -> int:
     """Run `slimpipe compress` with parsed arguments; returns the exit code."""
     from slimpipe.pipeline.context import RunContext
+    from slimpipe.pipeline.distribute import start
     from slimpipe.pipeline.keras3.out import keras3_source
     from slimpipe.pipeline.runner import run_recipe, save_source
 
+    dist = start(distribute_options(args))  # before TensorFlow runs anything else
     prep = prepare(args, registry)
-    recipe, inputs, out = prep.recipe, prep.inputs, prep.out
+    recipe, inputs = prep.recipe, prep.inputs
+    out, log = run_folder(prep.out, dist, args), logger(dist)
     keep = {f"{i:02d}-{step.name}" for i, step in enumerate(recipe, 1)} | {"00-source"}
     clear_previous_run(out, keep=set() if args.no_cache else keep)
     deterministic(args.seed)
-    ctx = RunContext(data=inputs.data, out_dir=out, model_name=args.model, seed=args.seed)
+    ctx = RunContext(data=inputs.data, out_dir=out, model_name=args.model, seed=args.seed, distribution=dist)
     for note in inputs.notes:
         ctx.note(note)
     if "keras3" in inputs.loaded:
         keras3_source(ctx, inputs.loaded["keras3"], custom=prep.custom, allow_unsafe=args.allow_unsafe_model)
-    print(f"[slimpipe] {args.model} on {inputs.data.name}: {len(inputs.data.x_train)} training and "
-          f"{len(inputs.data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
+    log(f"[slimpipe] {args.model} on {inputs.data.name}: {len(inputs.data.x_train)} training and "
+        f"{len(inputs.data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
+    if dist is not None:
+        join(dist, ctx, recipe, args, log)
     source = save_source(ctx, inputs.model, spec=args.model, width=args.width, trained=inputs.trained,
                          model_sha256=file_sha256(args.model), cache=not args.no_cache)
-    run_recipe(recipe, source, ctx, cache=not args.no_cache)
-    write_reports(ctx, recipe, out, args)
+    with lost_worker_hint(dist, prep.out):
+        run_recipe(recipe, source, ctx, cache=not args.no_cache, log=log)
+        if dist is None or dist.is_chief:
+            write_reports(ctx, recipe, out, args)
+        if dist is not None:
+            dist.all_agree(True)  # the workers wait for the chief's reports: all leave together
     return 0
 
 
@@ -105,6 +115,74 @@ def write_reports(ctx, recipe, out: Path, args) -> None:
     json_path, md_path = write_report(report, out)
     html_path = write_html(report, out, images)
     print(f"[slimpipe] report: {md_path}, {html_path} and {json_path}")
+
+
+# -- --distribute ------------------------------------------------------------------------------
+def distribute_options(args):
+    """--distribute/--workers/--task and the recipe's [distribute] table, checked."""
+    from slimpipe.pipeline.distribute import distribute_options as options
+    from slimpipe.pipeline.recipe import read_recipe_file
+
+    try:
+        table = read_recipe_file(args.recipe)[1].get("distribute")
+    except ConfigError:
+        table = None  # prepare() reports what is wrong with the recipe
+    return options(getattr(args, "distribute", None), table, getattr(args, "workers", None),
+                   getattr(args, "task", None))
+
+
+def run_folder(out: Path, dist, args) -> Path:
+    """OUT for the chief (or a run without --distribute); a worker's own folder outside it."""
+    from slimpipe.pipeline.distribute import worker_folder
+
+    if dist is None or dist.is_chief:
+        return out
+    root = getattr(args, "worker_dir", None)
+    return worker_folder(out, dist.task, Path(root) if root else None)
+
+
+def logger(dist):
+    """print, with a worker's lines marked as its own."""
+    if dist is None or dist.is_chief:
+        return print
+    return lambda line: print(line.replace("[slimpipe]", f"[slimpipe {dist.label()}]", 1))
+
+
+def join(dist, ctx, recipe, args, log) -> None:
+    """Check that every process runs the same recipe on the same model and data (a worker that
+    trained on other data would silently change the result), and say how the run is spread."""
+    from slimpipe.pipeline.artifacts import canonical_json
+    from slimpipe.pipeline.runner import data_fingerprint
+    from slimpipe.pipeline.stage import stage_config
+
+    ctx.data_sha256 = ctx.data_sha256 or data_fingerprint(ctx.data)
+    run = canonical_json([ctx.data_sha256, args.seed, args.model, file_sha256(args.model), args.width,
+                          [[s.name, s.stage.name, stage_config(s.stage)] for s in recipe]])
+    if not dist.same_everywhere(run):
+        raise ConfigError("the workers of this run differ in their recipe, model, data or --seed: run "
+                          "the same command (but --task) with the same model and data files on every machine")
+    per = {s.stage.batch_size for s in recipe if dist.trains(s.stage) and hasattr(s.stage, "batch_size")}
+    text = (f"Training stages ran under {dist.name}: {dist.workers} worker(s), "
+            f"{dist.replicas} replica(s); recipe batch sizes are global batches"
+            + (f" ({', '.join(f'{b} = {b / dist.replicas:g} per replica' for b in sorted(per))})" if per else ""))
+    ctx.note(text + ".")
+    log(f"[slimpipe] {text}; this process is " + ("the chief" if dist.is_chief else dist.label())
+        + ("" if dist.is_chief else f", writing to {ctx.out_dir} (nothing into --out)"))
+
+
+@contextlib.contextmanager
+def lost_worker_hint(dist, out: Path):
+    """A multi-worker run whose peer stopped fails with TensorFlow's UnavailableError: say how to
+    resume instead."""
+    try:
+        yield
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        if dist is None or dist.workers < 2 or type(cause).__name__ not in ("UnavailableError", "AbortedError"):
+            raise
+        raise StageError(f"a process of this {dist.workers}-worker run stopped ({type(cause).__name__}): "
+                         "start every worker again with the same command; finished steps are reused and "
+                         f"a training step resumes from its last epoch's backup in {out}/NN-step/backup") from exc
 
 
 def default_out(model: str, dataset: str) -> Path:

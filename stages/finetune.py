@@ -24,6 +24,7 @@ from typing import ClassVar
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from slimpipe.pipeline.models import output_is_probabilities
 from slimpipe.pipeline.stage import check_choice, check_count, require
+from slimpipe.stages import replicas
 
 LR_DECAYS = ("constant", "cosine")
 
@@ -34,6 +35,7 @@ class FineTune:
 
     name: ClassVar[str] = "fine-tune"
     min_epochs: ClassVar[int] = 0  # a stage that must train at least this many epochs raises it
+    trains: ClassVar[bool] = True  # under --distribute, runs inside the strategy (pipeline.distribute)
 
     epochs: int = 1
     batch_size: int = 64
@@ -118,12 +120,19 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     # One iterator for the whole run: Keras otherwise makes a new one per epoch, and destroying
     # the old one (mid-prefetch, shuffle buffer full) stalled for up to 9 s per epoch here (the
     # default recipe's 20-epoch train stage: 317 s before, 267 s after). Each pass reshuffles.
+    data, callbacks = data.repeat(), list(callbacks)
+    dist = replicas.active(ctx)  # under --distribute: sharded data, backups, replicas checked
+    if dist is not None:
+        data, callbacks = replicas.prepare_fit(model, data, dist, callbacks)
     try:
-        return model.fit(data.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch(ctx, batch_size),
-                         callbacks=list(callbacks), verbose=verbosity())
+        history = model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch(ctx, batch_size),
+                            callbacks=callbacks, verbose=verbosity())
     finally:
         for layer, rate in rates:
             layer.rate = rate
+    if dist is not None:
+        replicas.finish_fit(model, dist)
+    return history
 
 
 def _set_dropout(model, rate: float) -> list:
