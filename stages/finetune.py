@@ -108,13 +108,7 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     if lr_decay == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, max(1, epochs * steps_per_epoch(ctx, batch_size)))
-    probabilities = output_is_probabilities(model)
-    if distill:
-        loss, metric = _distillation(probabilities, distill, temperature), accuracy
-        data = _with_teacher(ctx, batch_size)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
-        metric, data = "accuracy", ctx.data.train_dataset(batch_size, seed=ctx.seed)
+    loss, metric, data = objective(model, ctx, batch_size, distill=distill, temperature=temperature)
     rates = _set_dropout(model, dropout) if dropout is not None else []
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[metric])
     # One iterator for the whole run: Keras otherwise makes a new one per epoch, and destroying
@@ -133,6 +127,20 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     if dist is not None:
         replicas.finish_fit(model, dist)
     return history
+
+
+def objective(model, ctx, batch_size: int, *, distill: float = 0.0, temperature: float = 4.0):
+    """(loss, metric, training batches) of a fit: cross-entropy on the labels, or with `distill`
+    the distillation loss on batches whose targets carry the teacher's logits. The loss is
+    per example and Keras reduces it, so under tf.distribute it is scaled for the number of
+    replicas like any compiled loss."""
+    import tf_keras as keras
+
+    probabilities = output_is_probabilities(model)
+    if distill:
+        return _distillation(probabilities, distill, temperature), accuracy, _with_teacher(ctx, batch_size)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    return loss, "accuracy", ctx.data.train_dataset(batch_size, seed=ctx.seed)
 
 
 def _set_dropout(model, rate: float) -> list:
