@@ -168,6 +168,9 @@ def join(dist, ctx, recipe, args, log) -> None:
     ctx.note(text + ".")
     log(f"[slimpipe] {text}; this process is " + ("the chief" if dist.is_chief else dist.label())
         + ("" if dist.is_chief else f", writing to {ctx.out_dir} (nothing into --out)"))
+    if dist.replicas == 1:
+        log("[slimpipe] note: one replica: MirroredStrategy spreads training over a machine's GPUs, and "
+            "TensorFlow sees none here; training runs as without --distribute, with backups")
 
 
 @contextlib.contextmanager

@@ -204,5 +204,11 @@ def _callbacks():
                 "rule": "union over the replicas at each epoch's end (minimum of the minimums, "
                         "maximum of the maximums)", "variables": len(self.variables), "merged": []})
             record["merged"] = sorted(set(record["merged"]) | set(merged))
+            if merged:
+                self.dist.step.notes.append(
+                    f"{self.dist.step.name}: quantizer ranges tfmot tracked apart on the {self.dist.replicas} "
+                    "replicas (each on its own shard) were merged at each epoch's end into the range of all "
+                    "of them (minimum of the minimums, maximum of the maximums); the saved model and its "
+                    "file use the merged ranges")
 
     return OwnBackup, RangeSync

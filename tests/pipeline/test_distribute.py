@@ -117,6 +117,7 @@ class Fit:
     accepts: ClassVar[tuple] = ("keras",)
     produces: ClassVar = "keras"
     trains: ClassVar[bool] = True
+    label: str = "fitted"
 
     def run(self, art, ctx):
         from slimpipe.pipeline.kerasio import clone_with_weights
@@ -125,7 +126,7 @@ class Fit:
         assert (ctx.distribution.step.backup_dir / "KEY").is_file()
         model = clone_with_weights(ctx.keras_model(art))
         model.set_weights([w * 2 for w in model.get_weights()])
-        return [ctx.save_model(self, model, "fitted", parent=art, kind="keras")]
+        return [ctx.save_model(self, model, self.label, parent=art, kind="keras")]
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Measure:
 def _run(ctx, tiny_model, dist):
     ctx.distribution, ctx.stage_dir = dist, None
     source = save_source(ctx, tiny_model, spec="tiny", width=1.0, trained=False)
-    recipe = Recipe("r", (Step("fit", Fit()), Step("measure", Measure()), Step("fit2", Fit())))
+    recipe = Recipe("r", (Step("fit", Fit()), Step("measure", Measure()), Step("fit2", Fit("fitted2"))))
     lines = []
     run_recipe(recipe, source, ctx, log=lines.append)
     return lines
