@@ -8,6 +8,7 @@ data (and that they fit each other), and every step's fit to the model (`check_f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -152,11 +153,13 @@ def join(dist, ctx, recipe, args, log) -> None:
     """Check that every process runs the same recipe on the same model and data (a worker that
     trained on other data would silently change the result), and say how the run is spread."""
     from slimpipe.pipeline.artifacts import canonical_json
-    from slimpipe.pipeline.runner import data_fingerprint
+    from slimpipe.pipeline.data import hash_array
     from slimpipe.pipeline.stage import stage_config
 
-    ctx.data_sha256 = ctx.data_sha256 or data_fingerprint(ctx.data)
-    run = canonical_json([ctx.data_sha256, args.seed, args.model, file_sha256(args.model), args.width,
+    data = hashlib.sha256()  # the arrays, not the paths: these may differ between machines
+    for arr in (ctx.data.x_train, ctx.data.y_train, ctx.data.x_test, ctx.data.y_test):
+        hash_array(data, arr)
+    run = canonical_json([data.hexdigest(), args.seed, file_sha256(args.model) or args.model, args.width,
                           [[s.name, s.stage.name, stage_config(s.stage)] for s in recipe]])
     if not dist.same_everywhere(run):
         raise ConfigError("the workers of this run differ in their recipe, model, data or --seed: run "
@@ -168,7 +171,7 @@ def join(dist, ctx, recipe, args, log) -> None:
     ctx.note(text + ".")
     log(f"[slimpipe] {text}; this process is " + ("the chief" if dist.is_chief else dist.label())
         + ("" if dist.is_chief else f", writing to {ctx.out_dir} (nothing into --out)"))
-    if dist.replicas == 1:
+    if dist.kind == "mirrored" and dist.replicas == 1:
         log("[slimpipe] note: one replica: MirroredStrategy spreads training over a machine's GPUs, and "
             "TensorFlow sees none here; training runs as without --distribute, with backups")
 

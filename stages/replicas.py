@@ -186,7 +186,15 @@ def _callbacks():
         hold the same state."""
 
         def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
+            import tensorflow as tf
+
+            try:
+                super().on_train_begin(logs)
+            except (ValueError, tf.errors.OpError) as exc:  # e.g. a structured_prune that chose
+                shutil.rmtree(self.backup_dir, ignore_errors=True)  # other channels this time
+                raise RuntimeError(f"the backup in {self.backup_dir} does not fit this fit's model "
+                                   f"({' '.join(str(exc).split())[:200]}); it was removed: run the "
+                                   "command again to start this fit over") from exc
             state = self._training_state
             state.write_checkpoint_manager = state.read_checkpoint_manager
 

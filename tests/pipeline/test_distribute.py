@@ -170,3 +170,27 @@ def test_a_finished_step_is_reused_only_when_every_process_can(ctx, tiny_model, 
         lines = _run(again, tiny_model, Peers(chief=True, peer_reuses=peer_reuses))
         assert any("(1 of 3) fit reused" in line for line in lines) is reused
         assert any("(2 of 3) measure reused" in line for line in lines)  # the chief's own decision
+
+
+class Echo(Peers):
+    """A peer that answers with this process's own numbers, or with other ones."""
+
+    def __init__(self, same: bool):
+        super().__init__(chief=True)
+        self.same = same
+
+    def gather(self, row):
+        return np.array([row, row if self.same else [value + 1 for value in row]])
+
+
+def test_processes_with_different_inputs_refuse_to_run_together(ctx):
+    from slimpipe.pipeline.compress import join
+
+    recipe = Recipe("r", (Step("fit", Fit()),))
+    args = SimpleNamespace(seed=0, model="tiny", width=1.0)
+    lines = []
+    join(Echo(same=True), ctx, recipe, args, lines.append)
+    assert "2 worker(s), 2 replica(s)" in lines[0] and "this process is the chief" in lines[0]
+    assert any("MultiWorkerMirroredStrategy" in note for note in ctx.notes)
+    with pytest.raises(ConfigError, match="the workers of this run differ in their recipe, model, data or --seed"):
+        join(Echo(same=False), ctx, recipe, args, lines.append)
