@@ -184,7 +184,7 @@ class Echo(Peers):
 
 
 def test_processes_with_different_inputs_refuse_to_run_together(ctx):
-    from slimpipe.pipeline.compress import join
+    from slimpipe.pipeline.distribute_run import join
 
     recipe = Recipe("r", (Step("fit", Fit()),))
     args = SimpleNamespace(seed=0, model="tiny", width=1.0)
