@@ -63,10 +63,26 @@ def _parser() -> argparse.ArgumentParser:
                         "for the model's custom layers (the file is imported, i.e. run)")
     c.add_argument("--no-cache", action="store_true",
                    help="run every stage again instead of reusing finished ones in --out")
+    _add_distribute_options(c)
     sub.add_parser("list", help="list models, data sets, stages and recipes")
     add_gate_parser(sub)
     add_results_parser(sub)
     return p
+
+
+def _add_distribute_options(c) -> None:
+    c.add_argument("--distribute", default=None, choices=("mirrored", "multi-worker"),
+                   help="train the training stages under tf.distribute: 'mirrored' on this machine's "
+                        "GPUs, 'multi-worker' across processes or machines (overrides the recipe's "
+                        "[distribute] table; recipe batch sizes are global)")
+    c.add_argument("--workers", default=None, metavar="HOST:PORT,...",
+                   help="multi-worker: every worker's address, the chief's first (else TF_CONFIG)")
+    c.add_argument("--task", type=int, default=None, metavar="N",
+                   help="multi-worker: this machine's index in --workers (0 is the chief, which alone "
+                        "writes --out)")
+    c.add_argument("--worker-dir", default=None, metavar="DIR",
+                   help="multi-worker: where a worker other than the chief keeps its models and "
+                        "backups (default: a folder in the system's temp dir)")
 
 
 def main(argv: list[str] | None = None) -> int:

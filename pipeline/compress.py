@@ -30,25 +30,35 @@ class Prepared:
 def compress(args, registry: Mapping[str, type]) -> int:
     """Run `slimpipe compress` with parsed arguments; returns the exit code."""
     from slimpipe.pipeline.context import RunContext
+    from slimpipe.pipeline.distribute import start
+    from slimpipe.pipeline.distribute_run import distribute_options, join, logger, lost_worker_hint, run_folder
     from slimpipe.pipeline.keras3.out import keras3_source
     from slimpipe.pipeline.runner import run_recipe, save_source
 
+    dist = start(distribute_options(args))  # before TensorFlow runs anything else
     prep = prepare(args, registry)
-    recipe, inputs, out = prep.recipe, prep.inputs, prep.out
+    recipe, inputs = prep.recipe, prep.inputs
+    out, log = run_folder(prep.out, dist, args), logger(dist)
     keep = {f"{i:02d}-{step.name}" for i, step in enumerate(recipe, 1)} | {"00-source"}
     clear_previous_run(out, keep=set() if args.no_cache else keep)
     deterministic(args.seed)
-    ctx = RunContext(data=inputs.data, out_dir=out, model_name=args.model, seed=args.seed)
+    ctx = RunContext(data=inputs.data, out_dir=out, model_name=args.model, seed=args.seed, distribution=dist)
     for note in inputs.notes:
         ctx.note(note)
     if "keras3" in inputs.loaded:
         keras3_source(ctx, inputs.loaded["keras3"], custom=prep.custom, allow_unsafe=args.allow_unsafe_model)
-    print(f"[slimpipe] {args.model} on {inputs.data.name}: {len(inputs.data.x_train)} training and "
-          f"{len(inputs.data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
+    log(f"[slimpipe] {args.model} on {inputs.data.name}: {len(inputs.data.x_train)} training and "
+        f"{len(inputs.data.x_test)} test examples, recipe '{recipe.name}' ({len(recipe)} stages) -> {out}")
+    if dist is not None:
+        join(dist, ctx, recipe, args, log)
     source = save_source(ctx, inputs.model, spec=args.model, width=args.width, trained=inputs.trained,
                          model_sha256=file_sha256(args.model), cache=not args.no_cache)
-    run_recipe(recipe, source, ctx, cache=not args.no_cache)
-    write_reports(ctx, recipe, out, args)
+    with lost_worker_hint(dist, prep.out):
+        run_recipe(recipe, source, ctx, cache=not args.no_cache, log=log)
+        if dist is None or dist.is_chief:
+            write_reports(ctx, recipe, out, args)
+        if dist is not None:
+            dist.all_agree(True)  # the workers wait for the chief's reports: all leave together
     return 0
 
 

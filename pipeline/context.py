@@ -7,6 +7,11 @@ Stages read it; what a stage adds to the run (artifacts, notes, measurements, th
 it returns as a `pipeline.stage.StageResult`, which the runner adds here.
 When the run's model came from Keras 3, `keras3` holds the writer that saves every Keras
 artifact as a Keras 3 `.keras` file too (see `pipeline.keras3.out`).
+Under --distribute, `distribution` is the run's `pipeline.distribute.Distribution`: a model made
+inside the strategy's scope (a training stage's) holds distributed variables and is never kept
+in the model cache (the processes of a multi-worker run must create the same variables in the
+same order), and what a training step records about its replicas goes into its artifacts' meta
+under "distribute".
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from slimpipe.pipeline.artifacts import Artifact, make_artifact
+from slimpipe.pipeline.distribute import in_strategy_scope
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.keras3.out import Keras3Writer
 from slimpipe.pipeline.kerasio import load_keras, save_keras
@@ -35,6 +41,7 @@ class RunContext:
     stage_timings: list[dict[str, Any]] = field(default_factory=list)
     data_sha256: str | None = None  # fingerprint of the data set, part of every cache key
     keras3: Keras3Writer | None = None  # set when the source model was saved by Keras 3
+    distribution: Any = None  # pipeline.distribute.Distribution under --distribute
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -50,6 +57,8 @@ class RunContext:
         """The model an artifact holds. Callers must not mutate it: clone it first."""
         if not art.is_keras:
             raise TypeError(f"artifact {art.name!r} is {art.format}, not a Keras model")
+        if in_strategy_scope():
+            return load_keras(art.path)  # its own distributed copy, created in step on every process
         if art.id not in self._models:
             self._models[art.id] = load_keras(art.path)
         return self._models[art.id]
@@ -71,15 +80,23 @@ class RunContext:
         if self.keras3 is not None:
             meta = {**(meta or {}), "keras3": self.keras3.write(model, path, kind=kind)}
         art = make_artifact(name, path, fmt="keras", kind=kind, stage=stage.name,
-                            config=stage_config(stage), parent=parent, meta=meta)
-        self._models[art.id] = model
+                            config=stage_config(stage), parent=parent, meta=self._distributed(meta))
+        if not in_strategy_scope():  # later stages load a distributed model's file afresh
+            self._models[art.id] = model
         return art
 
     def add_file(self, stage, path: Path, name: str, *, fmt: str, parent: Artifact | None,
                  meta: dict[str, Any] | None = None) -> Artifact:
         """Record a file the stage has completely written into its folder."""
         return make_artifact(name, path, fmt=fmt, kind=fmt, stage=stage.name,
-                             config=stage_config(stage), parent=parent, meta=meta)
+                             config=stage_config(stage), parent=parent, meta=self._distributed(meta))
+
+    def _distributed(self, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        """`meta` with what the running training step records about its replicas, if any."""
+        step = getattr(self.distribution, "step", None)
+        if step is None:
+            return meta
+        return {**(meta or {}), "distribute": {**self.distribution.record(), **step.meta}}
 
     def stage_path(self, filename: str) -> Path:
         return self._stage_path(filename)

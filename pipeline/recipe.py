@@ -16,6 +16,8 @@ A TOML recipe looks like::
     [[stages]]
     stage = "structured_prune"
     input = "train"          # branch: start from what step 'train' left, not from 'prune'
+    [distribute]             # optional: training stages under tf.distribute (pipeline.distribute)
+    strategy = "mirrored"
 
 A step works on the model the step before it left current, or, with `input = "STEP"`, on the
 model that the earlier step named STEP left current ("source" is the model the run starts from).
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from slimpipe.pipeline.distribute import check_table
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.thresholds import check_thresholds
 
@@ -52,6 +55,7 @@ class Recipe:
     steps: tuple[Step, ...]
     description: str = ""
     gate: Mapping[str, Any] = field(default_factory=dict)
+    distribute: Mapping[str, Any] = field(default_factory=dict)  # [distribute]: see pipeline.distribute
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -112,10 +116,10 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
     `overrides` maps a stage type to parameters that replace the recipe's for every step of
     that type (the CLI's --epochs sets {"train": {"epochs": N}}).
     """
-    unknown = set(data) - {"name", "description", "stages", "gate"}
+    unknown = set(data) - {"name", "description", "stages", "gate", "distribute"}
     if unknown:
         raise ConfigError(f"recipe has unknown top-level keys {sorted(unknown)}: "
-                          "expected name, description, stages, gate")
+                          "expected name, description, stages, gate, distribute")
     entries = data.get("stages")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("recipe has no stages: add at least one [[stages]] table with a 'stage' key")
@@ -136,7 +140,8 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
         raise ConfigError(f"recipe: 'gate' must be a table ([gate]). Received: {type(gate).__name__}")
     recipe = Recipe(name=str(data.get("name", "recipe")), steps=tuple(steps),
                     description=str(data.get("description", "")),
-                    gate=check_thresholds(gate, "recipe [gate]"))  # a typo fails before training
+                    gate=check_thresholds(gate, "recipe [gate]"),  # a typo fails before training
+                    distribute=dict(check_table(data.get("distribute", {}))))
     check_chain(recipe, start_kind)
     return recipe
 

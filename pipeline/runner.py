@@ -15,6 +15,7 @@ ones after it (their inputs changed), nothing before.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ from slimpipe.pipeline import __version__
 from slimpipe.pipeline.artifacts import Artifact, canonical_json, content_sha256
 from slimpipe.pipeline.context import RunContext
 from slimpipe.pipeline.data import hash_array
+from slimpipe.pipeline.distribute import StepState
 from slimpipe.pipeline.errors import ConfigError, SlimpipeError, StageError
 from slimpipe.pipeline.recipe import Recipe
 from slimpipe.pipeline.stage import StageResult, stage_config
@@ -51,7 +53,10 @@ def save_source(ctx: RunContext, model, *, spec: str, width: float, trained: boo
     source = Source(model=spec, width=width, model_sha256=model_sha256)
     key = step_key(ctx, "source", source, current=None)
     folder = ctx.out_dir / "00-source"
-    if not (cache and _reuse(ctx, folder, key) is not None):
+    reused = _reusable(folder, key) if cache else None
+    if reused is not None:
+        _apply(ctx, reused)
+    else:
         tmp = _tmp_dir(ctx.out_dir, "00-source")
         ctx.stage_dir = tmp
         try:
@@ -73,11 +78,20 @@ def run_recipe(recipe: Recipe, source: Artifact, ctx: RunContext,
     for i, step in enumerate(recipe, 1):
         current = after[step.input] if step.input else current
         label = f"{i:02d}-{step.name}"
+        dist = ctx.distribution
+        if dist is not None and not dist.runs(step.stage):
+            log(f"[slimpipe] ({i} of {total}) {step.name}: left to the chief")
+            after[step.name] = current
+            continue
         started = time.perf_counter()
         key = step_key(ctx, step.name, step.stage, current=current)
-        result = _reuse(ctx, ctx.out_dir / label, key) if cache else None
+        result = _reusable(ctx.out_dir / label, key) if cache else None
+        if dist is not None and dist.shared(step.stage):  # every process reuses the step, or none
+            result = result if dist.all_agree(result is not None) else None
         reused = result is not None
-        if not reused:
+        if reused:
+            _apply(ctx, result)
+        else:
             log(f"[slimpipe] ({i} of {total}) {step.name} on '{current.name}'")
             result = _run_step(step, label, current, ctx, key, started)
         outputs = result.artifacts
@@ -114,7 +128,10 @@ def _run_step(step, label: str, current: Artifact, ctx: RunContext, key: str,
     tmp = _tmp_dir(ctx.out_dir, label)
     ctx.stage_dir = tmp
     try:
-        result = StageResult.of(step.stage.run(current, ctx))
+        with _distributed(ctx, step, ctx.out_dir / label, key) as notes:
+            result = StageResult.of(step.stage.run(current, ctx))
+            for note in notes:
+                result.note(note)
     except SlimpipeError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -189,19 +206,48 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _reuse(ctx: RunContext, folder: Path, key: str) -> StageResult | None:
-    """Adopt a finished folder whose manifest has `key` and whose files are intact; returns
-    its result, or None when it cannot be reused."""
+def _reusable(folder: Path, key: str) -> StageResult | None:
+    """The result of a finished folder whose manifest has `key` and whose files are intact, or
+    None when it cannot be reused (the caller adds it to the run with `_apply`)."""
     manifest = _manifest(folder)
     if not manifest or manifest.get("key") != key:
         return None
     outputs = [Artifact.from_record(r, folder) for r in manifest["outputs"]]
     if any(not a.path.exists() or content_sha256(a.path) != a.sha256 for a in outputs):
         return None
-    result = StageResult(outputs, list(manifest.get("notes", [])), dict(manifest.get("measurements", {})),
-                         manifest.get("baseline"))
-    _apply(ctx, result)
-    return result
+    return StageResult(outputs, list(manifest.get("notes", [])), dict(manifest.get("measurements", {})),
+                       manifest.get("baseline"))
+
+
+@contextlib.contextmanager
+def _distributed(ctx: RunContext, step, folder: Path, key: str):
+    """Under --distribute, a training stage runs inside the strategy's scope, with its backups
+    in `backup_folder`; yields the list of notes its fits leave for the report."""
+    dist = ctx.distribution
+    if dist is None or not dist.trains(step.stage):
+        yield []
+        return
+    dist.step = StepState(step.name, backup_dir=backup_folder(folder, key))
+    try:
+        with dist.scope(step.stage):
+            yield dist.step.notes
+    finally:
+        dist.step = None
+
+
+def backup_folder(folder: Path, key: str) -> Path:
+    """`OUT/NN-step/backup/`: where a training step's fits keep tf_keras BackupAndRestore
+    checkpoints. The step itself writes into `OUT/.NN-step.tmp/`, which a restart clears; this
+    folder survives a restart (a killed run resumes from the last finished epoch) and goes
+    when the finished step replaces `OUT/NN-step/`. A backup made under another cache key (the
+    recipe or the inputs changed) is removed, never restored."""
+    backup = folder / "backup"
+    stamp = backup / "KEY"
+    if backup.exists() and not (stamp.is_file() and stamp.read_text() == key):
+        shutil.rmtree(backup)
+    backup.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    return backup
 
 
 def _tmp_dir(out_dir: Path, label: str) -> Path:

@@ -23,6 +23,10 @@ And it may define `check(model, data)`, which the CLI calls for every step befor
 runs: it raises a ConfigError for what will not fit the model (a layer name that is not there)
 and returns notes for what it will do differently than asked.
 
+A stage that fits a model declares `trains = True` (every `stages.finetune.FineTune` does;
+quantize only in its QAT modes): under `--distribute` it runs inside the strategy's scope on
+every process of the run (`pipeline.distribute`).
+
 `produces` is the kind of the Keras artifact that the next stage receives. A stage whose
 outputs are only files for deployment (export, benchmark) has `produces = None`, and the next
 stage gets the same input this one got.

@@ -24,6 +24,7 @@ from typing import ClassVar
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from slimpipe.pipeline.models import output_is_probabilities
 from slimpipe.pipeline.stage import check_choice, check_count, require
+from slimpipe.stages import replicas
 
 LR_DECAYS = ("constant", "cosine")
 
@@ -34,6 +35,7 @@ class FineTune:
 
     name: ClassVar[str] = "fine-tune"
     min_epochs: ClassVar[int] = 0  # a stage that must train at least this many epochs raises it
+    trains: ClassVar[bool] = True  # under --distribute, runs inside the strategy (pipeline.distribute)
 
     epochs: int = 1
     batch_size: int = 64
@@ -106,24 +108,39 @@ def fit(model, ctx, *, epochs: int, batch_size: int, learning_rate: float, callb
     if lr_decay == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, max(1, epochs * steps_per_epoch(ctx, batch_size)))
-    probabilities = output_is_probabilities(model)
-    if distill:
-        loss, metric = _distillation(probabilities, distill, temperature), accuracy
-        data = _with_teacher(ctx, batch_size)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
-        metric, data = "accuracy", ctx.data.train_dataset(batch_size, seed=ctx.seed)
+    loss, metric, data = objective(model, ctx, batch_size, distill=distill, temperature=temperature)
     rates = _set_dropout(model, dropout) if dropout is not None else []
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[metric])
     # One iterator for the whole run: Keras otherwise makes a new one per epoch, and destroying
     # the old one (mid-prefetch, shuffle buffer full) stalled for up to 9 s per epoch here (the
     # default recipe's 20-epoch train stage: 317 s before, 267 s after). Each pass reshuffles.
+    data, callbacks = data.repeat(), list(callbacks)
+    dist = replicas.active(ctx)  # under --distribute: sharded data, backups, replicas checked
+    if dist is not None:
+        data, callbacks = replicas.prepare_fit(model, data, dist, callbacks)
     try:
-        return model.fit(data.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch(ctx, batch_size),
-                         callbacks=list(callbacks), verbose=verbosity())
+        history = model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch(ctx, batch_size),
+                            callbacks=callbacks, verbose=verbosity())
     finally:
         for layer, rate in rates:
             layer.rate = rate
+    if dist is not None:
+        replicas.finish_fit(model, dist)
+    return history
+
+
+def objective(model, ctx, batch_size: int, *, distill: float = 0.0, temperature: float = 4.0):
+    """(loss, metric, training batches) of a fit: cross-entropy on the labels, or with `distill`
+    the distillation loss on batches whose targets carry the teacher's logits. The loss is
+    per example and Keras reduces it, so under tf.distribute it is scaled for the number of
+    replicas like any compiled loss."""
+    import tf_keras as keras
+
+    probabilities = output_is_probabilities(model)
+    if distill:
+        return _distillation(probabilities, distill, temperature), accuracy, _with_teacher(ctx, batch_size)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    return loss, "accuracy", ctx.data.train_dataset(batch_size, seed=ctx.seed)
 
 
 def _set_dropout(model, rate: float) -> list:

@@ -115,6 +115,11 @@ class Quantize(FineTune):
         check_fraction(n, "min_agreement", self.min_agreement, upper_open=False)
         check_count(n, "parity_samples", self.parity_samples, minimum=1)
 
+    @property
+    def trains(self) -> bool:
+        """Only the quantization-aware modes fit a model (under --distribute, in the strategy)."""
+        return self.mode in QAT_MODES
+
     def run(self, art: Artifact, ctx) -> StageResult:
         source = ctx.keras_model(art)
         _refuse_wrapped(source, art.name)

@@ -204,7 +204,11 @@ class StructuredPrune(FineTune):
             path = export_tflite(model, Path(tmp) / "candidate.tflite")
             runtime = open_runtime(path, "tflite", threads=1)
             x1 = np.asarray(ctx.data.x_test[:1], dtype=np.float32)
-            return measure_latency(lambda: runtime.predict(x1), warmup=5, min_runs=30, min_seconds=0.3)["p50_ms"]
+            ms = measure_latency(lambda: runtime.predict(x1), warmup=5, min_runs=30, min_seconds=0.3)["p50_ms"]
+        # Under --distribute multi-worker every worker must choose the same channels: the chief's
+        # measurement decides.
+        dist = getattr(ctx, "distribution", None)
+        return ms if dist is None else dist.from_chief(ms)
 
     def _scratch(self, model, art: Artifact, ctx) -> Artifact:
         import tf_keras as keras
