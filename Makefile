@@ -17,13 +17,18 @@ IMAGE_SIZE ?=
 INPUT_RANGE ?=
 TEST_SPLIT ?=
 SKIP_BAD_IMAGES ?=
+DISTRIBUTE ?=
+WORKERS ?=
+TASK ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 	$(if $(OUT),--out $(OUT)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LIMIT),--limit $(LIMIT)) \
 	$(if $(WIDTH),--width $(WIDTH)) $(if $(SEED),--seed $(SEED)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(INPUT_RANGE),--input-range $(INPUT_RANGE)) \
-	$(if $(TEST_SPLIT),--test-split $(TEST_SPLIT)) $(if $(SKIP_BAD_IMAGES),--skip-bad-images)
+	$(if $(TEST_SPLIT),--test-split $(TEST_SPLIT)) $(if $(SKIP_BAD_IMAGES),--skip-bad-images) \
+	$(if $(DISTRIBUTE),--distribute $(DISTRIBUTE)) $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(TASK),--task $(TASK))
 
 REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
 GATE_ARGS ?=

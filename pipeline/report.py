@@ -70,6 +70,7 @@ def _artifact_row(art, ctx: RunContext) -> dict[str, Any]:
         "params": complexity.get("params"),
         "macs": complexity.get("macs"),
         "from_scratch": bool(art.meta.get("from_scratch", False)),
+        "factorization": art.meta.get("factorization"),
         "latency": m.get("latency", []),
         "layers": m.get("layers", []),
         "eligibility": m.get("eligibility"),

@@ -50,12 +50,15 @@ KERNEL_HEAD = ["artifact", "sparsity", "dense-kernel ratio", "sparse-kernel rati
                "sparse kernel", "latency-eligible", "size-only", "dense"]
 LAYER_HEAD = ["layer", "op", "weights", "zeros", "stored", "DENSIFY", "label", "why"]
 LABELS = ("latency-eligible", "size-only", "dense")
+FACTOR_HEAD = ["artifact", "layer", "kind", "rank", "of", "energy kept", "params before", "params after",
+               "MACs before", "MACs after", "factorized"]
 
 
 def report_document(report: Report, plots: Iterable[str] = ()) -> Document:
     """The whole report; `plots` names the plot files (PNG) that go with it."""
     sections = [artifacts_section(report), pareto_section(report, set(plots)),
-                latency_section(report), *complexity_section(report), sparsity_section(report),
+                latency_section(report), *complexity_section(report), *factorization_section(report),
+                sparsity_section(report),
                 stages_section(report), *run_sections(report), environment_section(report)]
     if report.get("notes"):
         sections.append(Section("Notes", [Bullets(list(report["notes"]), id="notes")]))
@@ -182,6 +185,25 @@ def complexity_section(report: Report) -> list[Section]:
     blocks = [Paragraph(COMPLEXITY_NOTE),
               Table("complexity", COMPLEXITY_HEAD, table, set(range(2, 6)))]
     return [Section("Complexity", blocks + ([Bullets(controls)] if controls else []))]
+
+
+def factorization_section(report: Report) -> list[Section]:
+    """Each layer a low_rank step planned: its rank, the share of the squared singular values
+    kept, and the weights and MACs before and after (or why it was left alone)."""
+    rows = []
+    for art in report["artifacts"]:
+        for f in art.get("factorization") or ():
+            rows.append([code(art["name"]), code(f["layer"]), f["kind"], fmt_num(f["rank"]),
+                         fmt_num(f["max_rank"]), fmt_num(f["energy_kept"], ".1%"),
+                         fmt_num(f["params_before"], ","), fmt_num(f["params_after"], ","),
+                         fmt_num(f["macs_before"], ","), fmt_num(f["macs_after"], ","),
+                         "no: " + f["skipped"] if f.get("skipped") else "yes"])
+    if not rows:
+        return []
+    note = ("A factorized layer NAME becomes NAME_lr (no bias, no activation) followed by NAME. "
+            "Weights and MACs are of the kernels alone; the layer's bias is kept.")
+    return [Section("Low-rank factorization", [Paragraph(note), Table("factorization", FACTOR_HEAD, rows,
+                                                                     set(range(3, 10)))])]
 
 
 def sparsity_section(report: Report) -> Section:

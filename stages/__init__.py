@@ -5,6 +5,7 @@ from slimpipe.stages.benchmark import Benchmark
 from slimpipe.stages.bundle import Bundle
 from slimpipe.stages.cluster import Cluster
 from slimpipe.stages.export import Export
+from slimpipe.stages.low_rank import LowRank
 from slimpipe.stages.prune import Prune
 from slimpipe.stages.quantize import Quantize
 from slimpipe.stages.strip import Strip
@@ -16,6 +17,7 @@ STAGES = {
     "prune": Prune,
     "strip": Strip,
     "structured_prune": StructuredPrune,
+    "low_rank": LowRank,
     "cluster": Cluster,
     "quantize": Quantize,
     "export": Export,

@@ -15,7 +15,7 @@ from tests.test_cli import needs_fashion
 
 # One epoch everywhere, one structured round, tiny benchmark and parity settings; int8 files of a
 # model trained for one epoch on 256 images may disagree with it, so agreement is not enforced.
-SMOKE = ["train.epochs=1", "prune.epochs=1", "cluster.epochs=0", "quantize.epochs=1",
+SMOKE = ["train.epochs=1", "prune.epochs=1", "low_rank.epochs=1", "cluster.epochs=0", "quantize.epochs=1",
          "quantize.min_agreement=0", "quantize.parity_samples=32", "quantize.representative_samples=32",
          "export.min_agreement=0", "export.parity_samples=32", "export.calibration_samples=32",
          "structured_prune.rounds=1", "structured_prune.epochs=0", "structured_prune.final_epochs=1",
@@ -85,11 +85,40 @@ def model_args(model, unusual_h5):
     return ["--model", str(unusual_h5)] if model == "unusual" else MODELS[model]
 
 
-@pytest.mark.slow
+# Each shipped recipe end to end once, and each model once: every recipe-model pair is checked
+# against the model before training by the test below, and a pair differs only in that check.
+RUNS = [("default", "unusual"), ("thorough", "vgg16"), ("speed", "cnn"), ("xnnpack", "mobilenet_v2"),
+        ("lowrank", "vgg16")]
+
+
+def test_the_end_to_end_runs_cover_every_recipe_and_model():
+    assert {r for r, _ in RUNS} == set(shipped_recipes())
+    assert {m for _, m in RUNS} == {*MODELS, "unusual"}
+
+
 @needs_fashion
 @pytest.mark.parametrize("model", [*MODELS, "unusual"])
 @pytest.mark.parametrize("recipe", sorted(shipped_recipes()))
-def test_every_shipped_recipe_runs_on_every_model(recipe, model, slice_npz, unusual_h5, tmp_path):
+def test_every_shipped_recipe_fits_every_model_before_training(recipe, model, slice_npz, unusual_h5):
+    """What `compress` checks before it trains: every layer a step names or selects exists in the
+    model and can take the step (the stem and logits layer stay dense under the shipped rules)."""
+    from slimpipe.pipeline.recipe import check_fits_model
+    from slimpipe.pipeline.models import build_model
+
+    data = load_dataset(f"npz:{slice_npz}")
+    if model == "unusual":
+        import tf_keras as keras
+        net = keras.models.load_model(unusual_h5, compile=False)
+    else:
+        width = float(MODELS[model][-1]) if "--width" in MODELS[model] else 1.0
+        net = build_model(model, data.input_shape, data.num_classes, width=width)
+    check_fits_model(load_recipe(recipe, STAGES), net, data)
+
+
+@pytest.mark.slow
+@needs_fashion
+@pytest.mark.parametrize(("recipe", "model"), RUNS)
+def test_every_shipped_recipe_runs_end_to_end(recipe, model, slice_npz, unusual_h5, tmp_path):
     out = tmp_path / "run"
     args = ["compress", *model_args(model, unusual_h5), "--dataset", f"npz:{slice_npz}", "--recipe", recipe,
             "--out", str(out)]
@@ -112,12 +141,12 @@ def test_every_shipped_recipe_runs_on_every_model(recipe, model, slice_npz, unus
 @needs_fashion
 def test_a_recipe_naming_a_missing_layer_fails_before_anything_trains(tmp_path, slice_npz, monkeypatch,
                                                                        capsys):
-    import slimpipe.stages.train as train
+    import slimpipe.stages.finetune as finetune
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(train, "fit", no_training)
+    monkeypatch.setattr(finetune, "fit", no_training)
     recipe = tmp_path / "typo.toml"
     recipe.write_text('[[stages]]\nstage = "train"\n[[stages]]\nstage = "prune"\nlayers = ["conv9"]\n'
                       '[[stages]]\nstage = "strip"\n')

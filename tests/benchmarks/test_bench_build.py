@@ -33,7 +33,10 @@ def test_the_written_bench_recipe_loads_as_the_cli_loads_it(tmp_path):
     recipe = load_recipe(path, STAGES)
     assert recipe.name == "bench"
     prune = next(step.stage for step in recipe if step.name == "prune")
-    assert dict(prune.layer_sparsity)["fc1"] == 0.97
+    default = load_recipe("default", STAGES)
+    shipped = next(step.stage for step in default if step.name == "prune")
+    assert prune.layer_sparsity == shipped.layer_sparsity
+    assert dict(prune.layer_sparsity)["@share:0.5"] == 0.97
 
 
 @pytest.mark.slow
