@@ -63,8 +63,10 @@ test-deps:
 	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 
+# Test processes in parallel (pytest-xdist); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 gate: setup
 	$(BIN)/slimpipe gate --report $(REPORT) --recipe $(RECIPE) $(GATE_ARGS) \
