@@ -1,4 +1,4 @@
-"""The issue-3 chain end to end on a slice of real Fashion-MNIST: prune -> strip -> cluster ->
+"""The whole compression chain end to end on a slice of real Fashion-MNIST: prune -> strip -> cluster ->
 int8 PTQ and PCQAT, a structured branch with dynamic int8, ONNX int8 exports, and a report that
 names the smallest artifact at iso-accuracy, measures size floors and writes the Pareto plots."""
 import json
