@@ -147,7 +147,7 @@ def stamp_lines(run: Run) -> list[str]:
     seconds = sum(s.get("seconds") or 0 for s in stages)
     versions = {"python": env.get("python"), **(env.get("versions") or {})}
     return [f"- Finished: {rec.get('finished_utc') or missing}; stages took {seconds:.0f} s"
-            + (f" ({reused} of {len(stages)} reused from an earlier run)" if reused else ""),
+            + (f" ({reused} of {len(stages)} stages taken from the cache)" if reused else ""),
             f"- Command: {command}",
             f"- slimpipe {report.get('slimpipe_version') or '?'}, commit {commit}",
             f"- CPU: {env.get('cpu') or missing}, {env.get('cores') or '?'} cores; ISA flags: "

@@ -97,6 +97,11 @@ def check_choice(stage: str, field: str, value, choices) -> None:
             f"Received: {field}={value!r}")
 
 
+def is_number(value) -> bool:
+    """An int or a float, not a bool (a recipe's `true` is not a number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_count(stage: str, field: str, value: int, *, minimum: int = 0) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     require(ok, stage, f"{field} must be an integer >= {minimum}. Received: {field}={value!r}")

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from slimpipe.pipeline.models import output_is_probabilities
-from slimpipe.pipeline.stage import check_choice, check_count, require
+from slimpipe.pipeline.stage import check_choice, check_count, is_number, require
 from slimpipe.stages import replicas
 
 LR_DECAYS = ("constant", "cosine")
@@ -49,14 +49,14 @@ class FineTune:
         n = self.name
         check_count(n, "epochs", self.epochs, minimum=self.min_epochs)
         check_count(n, "batch_size", self.batch_size, minimum=1)
-        require(_number(self.learning_rate) and self.learning_rate > 0, n, "learning_rate must be a "
+        require(is_number(self.learning_rate) and self.learning_rate > 0, n, "learning_rate must be a "
                 f"number > 0 (e.g. 1e-3). Received: learning_rate={self.learning_rate!r}")
         check_choice(n, "lr_decay", self.lr_decay, LR_DECAYS)
-        require(_number(self.distill) and 0 <= self.distill <= 1, n, "distill must be a weight in [0, 1] "
+        require(is_number(self.distill) and 0 <= self.distill <= 1, n, "distill must be a weight in [0, 1] "
                 f"for the teacher's soft targets (0 = off). Received: distill={self.distill!r}")
-        require(_number(self.temperature) and self.temperature > 0, n, "temperature must be a number > 0 "
+        require(is_number(self.temperature) and self.temperature > 0, n, "temperature must be a number > 0 "
                 f"(e.g. 4). Received: temperature={self.temperature!r}")
-        require(self.dropout is None or _number(self.dropout) and 0 <= self.dropout < 1, n,
+        require(self.dropout is None or is_number(self.dropout) and 0 <= self.dropout < 1, n,
                 "dropout must be a rate in [0, 1) for this stage's fine-tuning, or unset to keep the "
                 f"model's own. Received: dropout={self.dropout!r}")
 
@@ -67,10 +67,6 @@ class FineTune:
                    learning_rate=self.learning_rate, callbacks=callbacks,
                    lr_decay=self.lr_decay if lr_decay is None else lr_decay, distill=self.distill,
                    temperature=self.temperature, dropout=self.dropout)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def verbosity() -> int:

@@ -16,7 +16,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.layer_select import (layer_infos, select, select_mapping, selector_pairs,
                                             selector_tuple)
-from slimpipe.pipeline.stage import StageResult, check_choice, require
+from slimpipe.pipeline.stage import StageResult, check_choice, is_number, require
 from slimpipe.stages.finetune import FineTune
 from slimpipe.stages.surgery.factorize import CONV_MODES, factorize, plan_layer
 
@@ -47,9 +47,9 @@ class LowRank(FineTune):
         n = self.name
         object.__setattr__(self, "layers", selector_tuple(n, "layers", self.layers))
         object.__setattr__(self, "ranks", selector_pairs(n, "ranks", self.ranks))
-        require(_number(self.energy) and 0 < self.energy <= 1, n, "energy must be in (0, 1], the share "
+        require(is_number(self.energy) and 0 < self.energy <= 1, n, "energy must be in (0, 1], the share "
                 f"of the squared singular values each layer keeps (e.g. 0.9). Received: energy={self.energy!r}")
-        require(self.ratio is None or _number(self.ratio) and self.ratio > 1, n, "ratio must be a number "
+        require(self.ratio is None or is_number(self.ratio) and self.ratio > 1, n, "ratio must be a number "
                 "> 1 (the factors hold at most 1/ratio of a layer's weights), or unset to rank by energy. "
                 f"Received: ratio={self.ratio!r}")
         for sel, rank in self.ranks:
@@ -103,14 +103,9 @@ class LowRank(FineTune):
             records.append(record)
         if not chosen:
             result.note("low_rank: no selected layer pays to factorize; the model is unchanged")
-        model = factorize(source, chosen, self.conv)  # a new model: the input is never changed
+        model = factorize(source, chosen, self.conv, plans)  # a new model: the input is never changed
         if self.epochs and chosen:
             self.fit(model, ctx)
         meta = {"factorization": records, "conv": self.conv, "trained": True}
         result.artifacts.append(ctx.save_model(self, model, "lowrank", parent=art, kind="keras", meta=meta))
         return result
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-

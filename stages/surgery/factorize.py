@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -33,21 +34,37 @@ SUFFIX = "_lr"
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer's factorization: the matrix's singular values and the cost at each rank."""
+    """One layer's factorization: the matrix to factorize and the cost at each rank. The SVD is
+    computed on first use (checking a recipe needs only the shapes) and once."""
 
     name: str
     kind: str  # "dense", "conv-spatial" or "conv-channel"
     shape: tuple[int, ...]  # the kernel's
-    singular: np.ndarray  # descending
+    matrix: np.ndarray | None  # the kernel as the matrix to factorize (None: `reason`)
     params: int  # the original kernel's weights
     macs: int  # the original layer's multiply-accumulates per example
     per_rank_params: int  # weights the two factors need per unit of rank
     per_rank_macs: int
     reason: str | None = None  # why the layer cannot be factorized at all
 
+    @cached_property
+    def _svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.linalg.svd(self.matrix.astype(np.float64), full_matrices=False)
+
+    @property
+    def singular(self) -> np.ndarray:
+        """The singular values, descending."""
+        return np.zeros(0) if self.matrix is None else self._svd[1]
+
     @property
     def max_rank(self) -> int:
-        return len(self.singular)
+        return 0 if self.matrix is None else min(self.matrix.shape)
+
+    def factors(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """U_r sqrt(S_r) and sqrt(S_r) V_r^T of the truncated SVD (the scale split evenly)."""
+        u, s, vt = self._svd
+        root = np.sqrt(s[:rank])
+        return (u[:, :rank] * root).astype(np.float32), (root[:, None] * vt[:rank]).astype(np.float32)
 
     def rank_for_energy(self, energy: float) -> int:
         """The smallest rank keeping `energy` of the sum of squared singular values."""
@@ -78,7 +95,7 @@ def plan_layer(layer, conv: str = "spatial") -> LayerPlan:
     cls = type(layer).__name__
     kernel = layer.get_weights()[0]
     name, shape = layer.name, tuple(kernel.shape)
-    nothing = dict(name=name, shape=shape, singular=np.zeros(0), params=int(kernel.size), macs=0,
+    nothing = dict(name=name, shape=shape, matrix=None, params=int(kernel.size), macs=0,
                    per_rank_params=0, per_rank_macs=0)
     if len(getattr(layer, "inbound_nodes", [])) > 1:
         return LayerPlan(kind=cls, reason="shared by several calls", **nothing)
@@ -86,7 +103,7 @@ def plan_layer(layer, conv: str = "spatial") -> LayerPlan:
         if len(layer.input_shape) != 2:
             return LayerPlan(kind="dense", reason="applied to a tensor of rank > 2", **nothing)
         n_in, n_out = shape
-        return LayerPlan(name, "dense", shape, _singular(kernel), n_in * n_out, n_in * n_out,
+        return LayerPlan(name, "dense", shape, kernel, n_in * n_out, n_in * n_out,
                          n_in + n_out, n_in + n_out)
     config = layer.get_config()
     if config.get("data_format", "channels_last") != "channels_last":
@@ -102,17 +119,14 @@ def plan_layer(layer, conv: str = "spatial") -> LayerPlan:
     else:
         matrix = kernel.reshape(kh * kw * cin, cout)
         per_params, per_macs = kh * kw * cin + cout, h_out * w_out * (kh * kw * cin + cout)
-    return LayerPlan(name, f"conv-{conv}", shape, _singular(matrix), kernel.size,
+    return LayerPlan(name, f"conv-{conv}", shape, matrix, kernel.size,
                      h_out * w_out * kh * kw * cin * cout, per_params, per_macs)
 
 
-def _singular(matrix: np.ndarray) -> np.ndarray:
-    return np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
-
-
-def factorize(model, ranks: dict[str, int], conv: str = "spatial"):
+def factorize(model, ranks: dict[str, int], conv: str = "spatial", plans: dict[str, LayerPlan] | None = None):
     """A new tf_keras model in which each layer named in `ranks` is factorized at its rank, with
-    every other weight copied. `model` is not changed."""
+    every other weight copied. `model` is not changed. `plans` (by layer name) reuses the SVDs
+    already computed to choose the ranks."""
     import tf_keras as keras
 
     config = model.get_config()
@@ -125,7 +139,8 @@ def factorize(model, ranks: dict[str, int], conv: str = "spatial"):
             layers_out.append(entry)
             continue
         layer = model.get_layer(name)
-        first, second, w_first, w_second = _split(layer, weights[name], ranks[name], conv)
+        plan = (plans or {}).get(name) or plan_layer(layer, conv)
+        first, second, w_first, w_second = _split(layer, weights[name], plan, ranks[name])
         first_entry = {"class_name": entry["class_name"], "config": first}
         second_entry = {k: v for k, v in entry.items() if k != "build_config"}  # its input shrinks
         second_entry["config"] = second
@@ -144,36 +159,27 @@ def factorize(model, ranks: dict[str, int], conv: str = "spatial"):
     return new
 
 
-def _split(layer, weights, rank: int, conv: str):
+def _split(layer, weights, plan: LayerPlan, rank: int):
     """The two layers' configs and weights replacing `layer` at `rank`."""
     kernel, bias = weights[0], weights[1:]
     config = layer.get_config()
     first = {**config, "name": layer.name + SUFFIX, "use_bias": False, "activation": "linear",
              "activity_regularizer": None, "bias_regularizer": None, "bias_constraint": None}
     second = dict(config)
-    if type(layer).__name__ == "Dense":
-        u, v = _factors(kernel, rank)
+    u, v = plan.factors(rank)
+    if plan.kind == "dense":
         first["units"] = rank
         return first, second, [u], [v, *bias]
     kh, kw, cin, cout = kernel.shape
     sh, sw = config["strides"]
     first["filters"] = rank
-    if conv == "spatial":
-        u, v = _factors(kernel.transpose(0, 2, 1, 3).reshape(kh * cin, kw * cout), rank)
+    if plan.kind == "conv-spatial":
         first.update(kernel_size=(kh, 1), strides=(sh, 1))
         second.update(kernel_size=(1, kw), strides=(1, sw))
         k1 = u.reshape(kh, cin, rank)[:, None, :, :]  # (kh, 1, cin, r)
         k2 = v.reshape(rank, kw, cout).transpose(1, 0, 2)[None]  # (1, kw, r, cout)
     else:
-        u, v = _factors(kernel.reshape(kh * kw * cin, cout), rank)
         second.update(kernel_size=(1, 1), strides=(1, 1), padding="valid")
         k1 = u.reshape(kh, kw, cin, rank)
         k2 = v[None, None]  # (1, 1, r, cout)
     return first, second, [k1.astype(kernel.dtype)], [k2.astype(kernel.dtype), *bias]
-
-
-def _factors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """U_r sqrt(S_r) and sqrt(S_r) V_r^T of the truncated SVD (the scale split evenly)."""
-    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
-    root = np.sqrt(s[:rank])
-    return (u[:, :rank] * root).astype(np.float32), (root[:, None] * vt[:rank]).astype(np.float32)
