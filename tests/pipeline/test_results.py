@@ -100,7 +100,7 @@ def test_rendered_rows_carry_the_reports_figures():
 
 def test_each_table_is_stamped_with_its_run():
     text = render_results([Run("runs/default", make_report())])
-    assert "- Finished: 2026-05-09T07:35:25Z; stages took 166 s (1 of 2 reused" in text
+    assert "- Finished: 2026-05-09T07:35:25Z; stages took 166 s (1 of 2 stages taken from the cache)" in text
     assert ("- Command: `slimpipe compress --model cnn --recipe default` (under make, with "
             "`RECIPE=default`)") in text
     assert f"- slimpipe 0.1.2, commit `{COMMIT[:12]}`, with uncommitted changes" in text
