@@ -20,6 +20,11 @@ SKIP_BAD_IMAGES ?=
 DISTRIBUTE ?=
 WORKERS ?=
 TASK ?=
+MAX_DROP ?=
+OBJECTIVE ?=
+TRIALS ?=
+TIME_BUDGET ?=
+VALIDATION ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
@@ -28,7 +33,9 @@ ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 	$(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(INPUT_RANGE),--input-range $(INPUT_RANGE)) \
 	$(if $(TEST_SPLIT),--test-split $(TEST_SPLIT)) $(if $(SKIP_BAD_IMAGES),--skip-bad-images) \
 	$(if $(DISTRIBUTE),--distribute $(DISTRIBUTE)) $(if $(WORKERS),--workers $(WORKERS)) \
-	$(if $(TASK),--task $(TASK))
+	$(if $(TASK),--task $(TASK)) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) \
+	$(if $(OBJECTIVE),--objective $(OBJECTIVE)) $(if $(TRIALS),--trials $(TRIALS)) \
+	$(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(VALIDATION),--validation $(VALIDATION))
 
 REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
 GATE_ARGS ?=

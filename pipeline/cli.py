@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                    "whose models are translated and written back as .keras files)")
     c.add_argument("--dataset", default="fashion_mnist",
                    help="a data set name, npz:PATH, dir:PATH (a folder of class folders of images) or tfds:NAME")
-    c.add_argument("--recipe", default="default", help="a shipped recipe name or a .toml file")
+    c.add_argument("--recipe", default="default", help="a shipped recipe name, a .toml file, or auto: "
+                   "search for the smallest (or fastest) file within --max-drop points")
     c.add_argument("--out", default=None, help="output folder (default: runs/MODEL-DATASET)")
     c.add_argument("--epochs", type=int, default=None, help="override the train stage's epochs")
     c.add_argument("--set", action="append", default=[], metavar="STAGE.PARAM=VALUE",
@@ -63,11 +64,46 @@ def _parser() -> argparse.ArgumentParser:
                         "for the model's custom layers (the file is imported, i.e. run)")
     c.add_argument("--no-cache", action="store_true",
                    help="run every stage again instead of reusing finished ones in --out")
+    _add_search_options(c)
     _add_distribute_options(c)
     sub.add_parser("list", help="list models, data sets, stages and recipes")
     add_gate_parser(sub)
     add_results_parser(sub)
     return p
+
+
+SEARCH_DEFAULTS = {"max_drop": 0.5, "objective": "size", "trials": 12, "validation": 0.1}
+
+
+def _add_search_options(c) -> None:
+    from slimpipe.pipeline.search.driver import parse_duration
+
+    g = c.add_argument_group("budget search (--recipe auto)")
+    g.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                   help="accuracy the chosen file may lose against the baseline, in points (default 0.5)")
+    g.add_argument("--objective", default=None, metavar="size|latency|balanced",
+                   help="what the search makes small: gzip size, p50 latency, or both (default size)")
+    g.add_argument("--trials", type=int, default=None,
+                   help="trials to finish, counting those an earlier search in --out finished (default 12)")
+    g.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
+                   help="no new trial starts after this long (baseline and sensitivity included; "
+                        "the final run comes after), e.g. 30m or 1h")
+    g.add_argument("--validation", type=float, default=None, metavar="FRACTION",
+                   help="share of each class of the training data held out to score trials (default 0.1)")
+
+
+def _search_args(args) -> None:
+    """Fill the search options' defaults for --recipe auto; refuse them without it."""
+    given = [k for k in (*SEARCH_DEFAULTS, "time_budget") if getattr(args, k, None) is not None]
+    if args.recipe != "auto":
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise SlimpipeError(f"{flag} is an option of the budget search: add --recipe auto, or drop {flag}")
+        return
+    for key, value in SEARCH_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.time_budget_text = next((a for a in args.argv if a.startswith("--time-budget")), "")
 
 
 def _add_distribute_options(c) -> None:
@@ -160,6 +196,11 @@ def _compress(args) -> int:
     from slimpipe.pipeline.compress import compress
     from slimpipe.stages import STAGES
 
+    _search_args(args)
+    if args.recipe == "auto":
+        from slimpipe.pipeline.search.driver import run_search
+
+        return run_search(args, STAGES)
     return compress(args, STAGES)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,18 +26,37 @@ class Prepared:
     inputs: Any  # pipeline.inputs.Inputs
     custom: Any
     out: Path
+    full_data: Any = None  # the data before the recipe's validation split was held out
 
 
 def compress(args, registry: Mapping[str, type]) -> int:
     """Run `slimpipe compress` with parsed arguments; returns the exit code."""
-    from slimpipe.pipeline.context import RunContext
     from slimpipe.pipeline.distribute import start
-    from slimpipe.pipeline.distribute_run import distribute_options, join, logger, lost_worker_hint, run_folder
-    from slimpipe.pipeline.keras3.out import keras3_source
-    from slimpipe.pipeline.runner import run_recipe, save_source
+    from slimpipe.pipeline.distribute_run import distribute_options, lost_worker_hint
+    from slimpipe.pipeline.runner import run_recipe
 
     dist = start(distribute_options(args))  # before TensorFlow runs anything else
     prep = prepare(args, registry)
+    recipe = prep.recipe
+    ctx, source, log = start_run(args, prep, dist)
+    out = ctx.out_dir
+    with lost_worker_hint(dist, prep.out):
+        run_recipe(recipe, source, ctx, cache=not args.no_cache, log=log)
+        if dist is None or dist.is_chief:
+            write_reports(ctx, recipe, out, args)
+        if dist is not None:
+            dist.all_agree(True)  # the workers wait for the chief's reports: all leave together
+    return 0
+
+
+def start_run(args, prep: Prepared, dist=None):
+    """The run's folder, context and source artifact: (ctx, source, log). Clears what an earlier
+    run left in the folder except the steps the cache may reuse."""
+    from slimpipe.pipeline.context import RunContext
+    from slimpipe.pipeline.distribute_run import join, logger, run_folder
+    from slimpipe.pipeline.keras3.out import keras3_source
+    from slimpipe.pipeline.runner import save_source
+
     recipe, inputs = prep.recipe, prep.inputs
     out, log = run_folder(prep.out, dist, args), logger(dist)
     keep = {f"{i:02d}-{step.name}" for i, step in enumerate(recipe, 1)} | {"00-source"}
@@ -53,20 +73,14 @@ def compress(args, registry: Mapping[str, type]) -> int:
         join(dist, ctx, recipe, args, log)
     source = save_source(ctx, inputs.model, spec=args.model, width=args.width, trained=inputs.trained,
                          model_sha256=file_sha256(args.model), cache=not args.no_cache)
-    with lost_worker_hint(dist, prep.out):
-        run_recipe(recipe, source, ctx, cache=not args.no_cache, log=log)
-        if dist is None or dist.is_chief:
-            write_reports(ctx, recipe, out, args)
-        if dist is not None:
-            dist.all_agree(True)  # the workers wait for the chief's reports: all leave together
-    return 0
+    return ctx, source, log
 
 
 def prepare(args, registry: Mapping[str, type]) -> Prepared:
     """The recipe, model and data of a run, checked against each other; nothing is written."""
     from slimpipe.pipeline.inputs import RunOptions, load_inputs
     from slimpipe.pipeline.keras3.custom import load_custom_objects
-    from slimpipe.pipeline.recipe import check_fits_model, load_recipe, parse_overrides
+    from slimpipe.pipeline.recipe import build_recipe, check_fits_model, load_recipe, parse_overrides
 
     if args.epochs is not None and args.epochs < 0:
         raise ConfigError(f"--epochs must be >= 0. Received: --epochs {args.epochs}")
@@ -77,16 +91,25 @@ def prepare(args, registry: Mapping[str, type]) -> Prepared:
     overrides = parse_overrides(args.set, registry)
     if args.epochs is not None:
         overrides.setdefault("train", {})["epochs"] = args.epochs
-    recipe = load_recipe(args.recipe, registry, overrides=overrides)
+    data = getattr(args, "recipe_data", None)
+    recipe = (build_recipe(data, registry, overrides=overrides) if data is not None
+              else load_recipe(args.recipe, registry, overrides=overrides))
     custom = load_custom_objects(args.custom_objects)
     inputs = load_inputs(args.model, args.dataset, RunOptions(
         seed=args.seed, width=args.width, limit=args.limit, data_dir=args.data_dir,
         image_size=args.image_size, test_split=args.test_split, skip_bad_images=args.skip_bad_images,
         input_range=args.input_range, allow_unsafe_model=args.allow_unsafe_model, custom=custom, log=print))
+    full_data = inputs.data
+    if recipe.validation:
+        from dataclasses import replace
+
+        from slimpipe.pipeline.data.dataset import hold_out
+
+        inputs = replace(inputs, data=hold_out(inputs.data, recipe.validation, seed=args.seed)[0])
     for text in check_fits_model(recipe, inputs.model, inputs.data):
         print(f"[slimpipe] note: {text}")
     out = Path(args.out) if args.out else default_out(args.model, args.dataset)
-    return Prepared(recipe, inputs, custom, out)
+    return Prepared(recipe, inputs, custom, out, full_data)
 
 
 def write_reports(ctx, recipe, out: Path, args) -> None:
@@ -109,6 +132,16 @@ def write_reports(ctx, recipe, out: Path, args) -> None:
     if ctx.keras3 is not None:
         keras3_outputs(ctx)
     report = build_report(ctx, recipe=recipe.name, environment=environment(), run=run_record(args.argv))
+    search = getattr(args, "search_record", None)
+    if search is not None:
+        from slimpipe.pipeline.search.driver import search_verdict
+
+        phases = dict(args.search_phases)
+        started = phases.pop("started")
+        phases["final"] = round(sum(t["seconds"] for t in ctx.stage_timings), 1)
+        phases["total"] = round(time.perf_counter() - started, 1)
+        report["search"] = {**search, "phases_s": phases}
+        report["search"]["verdict"] = search_verdict(report, search)
     if ctx.keras3 is not None:
         report["keras3_files"] = keras3_files(ctx.artifacts, out)
     images = write_plots(report, out)

@@ -19,6 +19,11 @@ A TOML recipe looks like::
     [distribute]             # optional: training stages under tf.distribute (pipeline.distribute)
     strategy = "mirrored"
 
+A top-level `validation = 0.1` holds that share of each class of the training data out of
+every training step (chosen by the run's seed, recorded in the report): what a budget search
+(`--recipe auto`) decides on, and what the recipe it writes keeps out, so re-running that recipe
+trains on the same examples.
+
 A step works on the model the step before it left current, or, with `input = "STEP"`, on the
 model that the earlier step named STEP left current ("source" is the model the run starts from).
 
@@ -56,6 +61,7 @@ class Recipe:
     description: str = ""
     gate: Mapping[str, Any] = field(default_factory=dict)
     distribute: Mapping[str, Any] = field(default_factory=dict)  # [distribute]: see pipeline.distribute
+    validation: float = 0.0  # share of each class of the training data held out (not trained on)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -116,10 +122,14 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
     `overrides` maps a stage type to parameters that replace the recipe's for every step of
     that type (the CLI's --epochs sets {"train": {"epochs": N}}).
     """
-    unknown = set(data) - {"name", "description", "stages", "gate", "distribute"}
+    unknown = set(data) - {"name", "description", "stages", "gate", "distribute", "validation"}
     if unknown:
         raise ConfigError(f"recipe has unknown top-level keys {sorted(unknown)}: "
-                          "expected name, description, stages, gate, distribute")
+                          "expected name, description, stages, gate, distribute, validation")
+    validation = data.get("validation", 0.0)
+    if not (isinstance(validation, (int, float)) and not isinstance(validation, bool) and 0 <= validation < 1):
+        raise ConfigError(f"recipe: validation must be a fraction in [0, 1) of the training data to "
+                          f"hold out. Received: validation={validation!r}")
     entries = data.get("stages")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("recipe has no stages: add at least one [[stages]] table with a 'stage' key")
@@ -141,7 +151,7 @@ def build_recipe(data: Mapping[str, Any], registry: Mapping[str, type], *,
     recipe = Recipe(name=str(data.get("name", "recipe")), steps=tuple(steps),
                     description=str(data.get("description", "")),
                     gate=check_thresholds(gate, "recipe [gate]"),  # a typo fails before training
-                    distribute=dict(check_table(data.get("distribute", {}))))
+                    distribute=dict(check_table(data.get("distribute", {}))), validation=float(validation))
     check_chain(recipe, start_kind)
     return recipe
 

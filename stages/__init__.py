@@ -8,6 +8,7 @@ from slimpipe.stages.export import Export
 from slimpipe.stages.low_rank import LowRank
 from slimpipe.stages.prune import Prune
 from slimpipe.stages.quantize import Quantize
+from slimpipe.stages.sensitivity import Sensitivity
 from slimpipe.stages.strip import Strip
 from slimpipe.stages.structured_prune import StructuredPrune
 from slimpipe.stages.train import Train
@@ -23,4 +24,5 @@ STAGES = {
     "export": Export,
     "benchmark": Benchmark,
     "bundle": Bundle,
+    "sensitivity": Sensitivity,
 }

@@ -175,6 +175,37 @@ def stratified_split(y: np.ndarray, fraction: float, *, seed: int = 0) -> np.nda
     return test
 
 
+def hold_out(data: Dataset, fraction: float, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(fit, search): `fraction` of each class of the training split held out as a validation
+    split, chosen by `seed`. `fit` trains on the rest and keeps the test split; `search` trains
+    on the same rest and evaluates on the validation split instead of the test split, so that
+    every decision a search makes is made without the test set.
+
+    >>> fit, search = hold_out(data, 0.1, seed=0)
+    >>> len(fit.y_train) + len(search.y_test) == len(data.y_train)
+    True
+    """
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ConfigError(f"the validation split must be a fraction in (0, 1). Received: {fraction!r}")
+    held = stratified_split(data.y_train, fraction, seed=seed)
+    if held.sum() == 0 or held.all():
+        raise ConfigError(f"data set '{data.name}' has {len(data.y_train)} training examples: too few to "
+                          f"hold out {fraction:g} of each class for validation; use more data")
+    rest, val = np.flatnonzero(~held), np.flatnonzero(held)
+    record = {"fraction": fraction, "seed": seed, "examples": int(len(val)), "of": int(len(held))}
+    x_rest, y_rest = _rows(data.x_train, rest), data.y_train[rest]
+    fit = dataclasses.replace(data, x_train=x_rest, y_train=y_rest,
+                              details={**data.details, "validation": record})
+    search = dataclasses.replace(data, name=f"{data.name}[validation]", x_train=x_rest, y_train=y_rest,
+                                 x_test=_rows(data.x_train, val), y_test=data.y_train[val],
+                                 details={**data.details, "validation": record, "evaluated_on": "validation"})
+    return fit, search
+
+
+def _rows(x, idx: np.ndarray):
+    return x.take(idx) if isinstance(x, ImageArray) else x[idx]
+
+
 def resize_images(x: np.ndarray, size: tuple[int, int], batch: int = 1024) -> np.ndarray:
     """float32 NHWC images resized to `size` (bilinear, antialiased), `batch` at a time."""
     import tensorflow as tf

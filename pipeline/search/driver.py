@@ -1,0 +1,335 @@
+"""The budget search, phase by phase.
+
+>>> run_search(args, STAGES)       # `slimpipe compress --recipe auto ...`; returns the exit code
+
+1. Hold out a validation split of the training data (`--validation`, seeded by `--seed`).
+2. Baseline: the default recipe's train step on the rest, in OUT/01-train (the final run of
+   phase 5 reuses it from the cache).
+3. Sensitivity (`stages.sensitivity`) on the validation split, in OUT/search/base/.
+4. Trials: Optuna suggests settings (`pipeline.search.space`); each becomes a recipe that starts
+   from the trained baseline, runs with short fine-tuning in OUT/search/trials/<settings hash>/,
+   and is scored on the validation split (`pipeline.search.score`). The study is a journal
+   file, OUT/search/study.log. New trials start while the time budget lasts.
+5. The best trial's settings with the full fine-tuning schedule are written as an ordinary
+   recipe, OUT/chosen.toml, and run like any recipe into OUT (the test set is used here, once).
+   The report adds the search. Exit 0 when the chosen file is within the budget on the test
+   set, 1 when it is not or when no trial was within it on the validation split.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import re
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.search.space import FULL, OBJECTIVES, SPACES, TRIAL, name_steps
+
+SEARCH_DIR = "search"
+SPACE_VERSION = 1  # part of the study's name: a change to what trials do starts a new study
+
+
+def check_options(args) -> None:
+    """One-line errors for the search's options (exit code 2), before anything loads."""
+    if not (0 <= args.max_drop <= 100):
+        raise ConfigError(f"--max-drop must be between 0 and 100 points. Received: --max-drop {args.max_drop:g}")
+    if args.objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}. Received: {args.objective!r}")
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1 (a search needs at least one trial). Received: --trials {args.trials}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise ConfigError("--time-budget must be longer than zero, e.g. 30m or 1h. "
+                          f"Received: {args.time_budget_text!r}")
+    if not 0 < args.validation < 1:
+        raise ConfigError(f"--validation must be a fraction in (0, 1), e.g. 0.1. Received: --validation {args.validation:g}")
+    if getattr(args, "distribute", None):
+        raise ConfigError("--recipe auto runs in one process: drop --distribute (run the chosen recipe, "
+                          "OUT/chosen.toml, with --distribute to train it on several workers)")
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '1h', '90s', '1h30m' or a number of seconds -> seconds (argparse type)."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 1h, 1h30m or 900s. Received: {text!r}")
+    h, m, s = (float(g) if g else 0.0 for g in match.groups())
+    return h * 3600 + m * 60 + s
+
+
+def baseline_step(epochs: int | None) -> dict[str, Any]:
+    """The default recipe's train step (with --epochs applied)."""
+    from slimpipe.pipeline.recipe import read_recipe_file
+
+    _, data = read_recipe_file("default")
+    step = dict(next(s for s in data["stages"] if s["stage"] == "train"))
+    if epochs is not None:
+        step["epochs"] = epochs
+    return step
+
+
+def run_search(args, registry: Mapping[str, type]) -> int:
+    from slimpipe.pipeline.compress import compress
+
+    check_options(args)
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+    out = Path(args.out) if args.out else None
+    space = SPACES[args.objective]
+    train = baseline_step(args.epochs)
+    fit = _fit_recipe(train, args.validation)
+    base_args = _with_recipe(args, fit)
+    env = _prepare(base_args, registry)
+    out = env["out"]
+    search_dir = out / SEARCH_DIR
+    search_dir.mkdir(parents=True, exist_ok=True)
+    fit_path = search_dir / "baseline.toml"
+    fit_path.write_text(_dumps(fit))
+
+    t0 = time.perf_counter()
+    trained, fit_ctx = _baseline(env, base_args, registry, fit_path)
+    phases["baseline"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    search_data = env["search_data"]
+    table = _sensitivity(trained, fit_ctx, search_data, search_dir / "base", args, registry)
+    phases["sensitivity"] = time.perf_counter() - t0
+
+    from slimpipe.pipeline.search.study import best, open_study, run_trials, trial_records
+
+    settings = {"objective": args.objective, "max_drop": args.max_drop, "seed": args.seed,
+                "validation": args.validation, "baseline": trained.sha256, "version": SPACE_VERSION,
+                "overrides": args.set}
+    name = f"auto-{args.objective}-{_digest(settings)[:12]}"
+    study = open_study(search_dir, name=name, seed=args.seed, trials=args.trials)
+    t0 = time.perf_counter()
+    model = fit_ctx.keras_model(trained)
+    # A layer keeps more clusters where clustering it alone costs more than half the budget, or
+    # more than three of the analysed examples (below that, the table cannot tell).
+    tolerance = max(args.max_drop / 2, 300 / table["examples"])
+
+    def run_one(number: int, params: dict[str, Any]):
+        return _trial(number, params, model, trained, search_data, search_dir, space, table, tolerance, args, registry)
+
+    stats = run_trials(study, space, run_one, trials=args.trials, max_drop=args.max_drop,
+                       budget_s=args.time_budget, started=started, log=print)
+    phases["trials"] = time.perf_counter() - t0
+    records = trial_records(study)
+    chosen = best(records)
+    if chosen is None:
+        raise ConfigError(f"no trial of the search finished ({stats['failed']} failed; see the messages above): "
+                          "fix what they say, or raise --trials / --time-budget")
+    steps = name_steps(space.steps(chosen["params"], table, schedule=FULL, tolerance=tolerance))
+    recipe = {"name": "chosen", "description": _description(args, chosen), "validation": args.validation,
+              "stages": [train, *_with_overrides(steps, args, registry)],
+              "gate": {"max_accuracy_drop": args.max_drop, "require_parity": True}}
+    chosen_path = out / "chosen.toml"
+    _write_atomic(chosen_path, _header(args, chosen) + _dumps(recipe))
+    print(f"[slimpipe] search: trial {chosen['number']} chosen ({_params_text(chosen['params'])}); "
+          f"its recipe with the full schedule: {chosen_path}")
+
+    record = {"objective": args.objective, "max_drop": args.max_drop, "study": name,
+              "storage": str(Path(SEARCH_DIR) / "study.log"), "trials_requested": args.trials,
+              "time_budget_s": args.time_budget, "validation": search_data.details.get("validation"),
+              "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
+              "sensitivity": table, "trials": records, "chosen": chosen, "stats": stats,
+              "recipe": str(chosen_path.name)}
+    t0 = time.perf_counter()
+    final_args = _with_path(args, chosen_path, argv=args.argv)
+    final_args.search_record = record
+    final_args.search_phases = {**{k: round(v, 1) for k, v in phases.items()}, "started": started}
+    compress(final_args, registry)
+    report = json.loads((out / "report.json").read_text())
+    return _verdict(report, out)
+
+
+# -- phases ------------------------------------------------------------------------------------
+def _prepare(args, registry) -> dict[str, Any]:
+    from slimpipe.pipeline.compress import prepare
+    from slimpipe.pipeline.data.dataset import hold_out
+
+    prep = prepare(args, registry)
+    full = prep.full_data
+    _, search_data = hold_out(full, args.validation, seed=args.seed)
+    return {"prep": prep, "out": prep.out, "search_data": search_data}
+
+
+def _baseline(env, args, registry, fit_path: Path):
+    """Run the train step into OUT (what the final run reuses); the trained artifact and context."""
+    from slimpipe.pipeline.compress import start_run
+    from slimpipe.pipeline.runner import run_recipe
+
+    ctx, source, log = start_run(args, env["prep"])
+    run_recipe(env["prep"].recipe, source, ctx, cache=not args.no_cache, log=log)
+    return ctx.find(ctx.baseline), ctx
+
+
+def _sensitivity(trained, fit_ctx, search_data, folder: Path, args, registry) -> dict[str, Any]:
+    from slimpipe.pipeline.context import RunContext
+    from slimpipe.pipeline.recipe import build_recipe
+    from slimpipe.pipeline.runner import run_recipe, save_source
+
+    recipe = build_recipe({"name": "sensitivity", "stages": [{"stage": "sensitivity"}]}, registry)
+    ctx = RunContext(data=search_data, out_dir=folder, model_name=args.model, seed=args.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = save_source(ctx, fit_ctx.keras_model(trained), spec=f"{args.model} trained",
+                         width=args.width, trained=True, model_sha256=trained.sha256)
+    run_recipe(recipe, source, ctx, cache=not args.no_cache, log=print)
+    return ctx.measurements["sensitivity"]
+
+
+def _trial(number, params, model, trained, search_data, search_dir: Path, space, table, tolerance,
+           args, registry):
+    import gc
+
+    import tf_keras as keras
+
+    from slimpipe.pipeline.context import RunContext
+    from slimpipe.pipeline.recipe import build_recipe
+    from slimpipe.pipeline.report import build_report
+    from slimpipe.pipeline.runner import run_recipe, save_source
+    from slimpipe.pipeline.search.score import score
+
+    steps = name_steps(space.steps(params, table, schedule=TRIAL, tolerance=tolerance))
+    steps = _with_overrides(steps, args, registry)
+    folder = search_dir / "trials" / _digest({"steps": steps, "baseline": trained.sha256})[:12]
+    recipe = build_recipe({"name": f"trial-{number}", "stages": steps}, registry)
+    print(f"[slimpipe] search: trial {number} ({_params_text(params)}) -> {folder}")
+    keras.utils.set_random_seed(args.seed)
+    ctx = RunContext(data=search_data, out_dir=folder, model_name=args.model, seed=args.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trial.toml").write_text(_dumps({"name": f"trial-{number}", "stages": steps}))
+    source = save_source(ctx, model, spec=f"{args.model} trained", width=args.width, trained=True,
+                         model_sha256=trained.sha256, cache=not args.no_cache)
+    run_recipe(recipe, source, ctx, cache=not args.no_cache, log=_quiet)
+    result = score(build_report(ctx, recipe=recipe.name, environment={}), objective=space.cost,
+                   max_drop=args.max_drop)
+    verdict = "within" if result.feasible else "outside"
+    print(f"[slimpipe] search: trial {number}: {result.file} at {_cost_text(space.cost, result)}, "
+          f"{_drop_text(result.drop)} on validation ({verdict} the budget)")
+    keras.backend.clear_session()
+    gc.collect()
+    return result
+
+
+def _verdict(report: Mapping[str, Any], out: Path) -> int:
+    verdict = report.get("search", {}).get("verdict") or {}
+    print(f"[slimpipe] search: {verdict.get('text', 'no verdict')}")
+    return 0 if verdict.get("met") else 1
+
+
+def search_verdict(report: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """The chosen file's test-set figures and whether the budget holds (for report["search"])."""
+    from slimpipe.pipeline.rows import EPS, reference_for
+    from slimpipe.pipeline.search.score import cost_of
+
+    chosen = record["chosen"]
+    rows = {r["name"]: r for r in report["artifacts"]}
+    row, base = rows.get(chosen.get("file")), rows.get(report.get("baseline"))
+    ref = reference_for({"format": "tflite"}, report["artifacts"], report.get("baseline"))
+    budget = record["max_drop"]
+    if row is None or base is None or ref is None or row.get("accuracy") is None:
+        return {"met": False, "file": chosen.get("file"),
+                "text": f"the chosen file {chosen.get('file')} was not measured in the final run"}
+    drop = (base["accuracy"] - row["accuracy"]) * 100
+    cost, size, latency = cost_of(row, ref, record["objective"])
+    met = bool(chosen["feasible"]) and drop <= budget + EPS * 100
+    parts = []
+    if size:
+        parts.append(f"{1 / size:.1f}x smaller by gzip")
+    if latency:
+        parts.append(f"{1 / latency:.2f}x faster at p50")
+    figures = f"{', '.join(parts)} than the dense float TFLite file, {-drop:+.2f} points on the test set"
+    if met:
+        text = f"within the budget: {row['name']}, {figures} (budget {budget:g})"
+    elif not chosen["feasible"]:
+        text = (f"no trial was within {budget:g} points on the validation split; the closest trial "
+                f"missed by {chosen['drop'] - budget:.2f} points; its file {row['name']}: {figures}")
+    else:
+        text = (f"outside the budget on the test set by {drop - budget:.2f} points: {row['name']}, {figures} "
+                f"({chosen['drop']:.2f} points lost on the validation split)")
+    return {"met": met, "file": row["name"], "test_drop": round(drop, 4), "test_accuracy": row["accuracy"],
+            "baseline_test_accuracy": base["accuracy"], "validation_drop": chosen["drop"],
+            "size_ratio": size, "latency_ratio": latency, "cost": cost, "text": text}
+
+
+# -- recipes as data ---------------------------------------------------------------------------
+def _fit_recipe(train: dict[str, Any], validation: float) -> dict[str, Any]:
+    return {"name": "baseline", "validation": validation, "stages": [train]}
+
+
+def _with_overrides(steps: list[dict[str, Any]], args, registry) -> list[dict[str, Any]]:
+    """--set STAGE.PARAM=VALUE applied to the steps of that stage type (so chosen.toml has them)."""
+    from slimpipe.pipeline.recipe import parse_overrides
+
+    overrides = parse_overrides(args.set, registry)
+    return [{**s, **overrides.get(s["stage"], {})} for s in steps]
+
+
+def _with_recipe(args, data: Mapping[str, Any]):
+    new = copy.copy(args)
+    new.recipe_data = dict(data)
+    return new
+
+
+def _with_path(args, path: Path, *, argv):
+    new = copy.copy(args)
+    new.recipe, new.recipe_data, new.argv = str(path), None, argv
+    return new
+
+
+def _dumps(data: Mapping[str, Any]) -> str:
+    from slimpipe.pipeline.recipe_toml import dumps_recipe
+
+    return dumps_recipe(data)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    from slimpipe.pipeline.atomic import write_text_atomic
+
+    tomllib.loads(text)  # what we write must read back
+    write_text_atomic(path, text)
+
+
+def _header(args, chosen) -> str:
+    return (f"# Written by `slimpipe compress --recipe auto --objective {args.objective} --max-drop "
+            f"{args.max_drop:g}` for model {args.model} on {args.dataset} (seed {args.seed}):\n"
+            f"# trial {chosen['number']} of the search, {_params_text(chosen['params'])}, with the full "
+            "fine-tuning schedule.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
+            "(same --model, --dataset and --seed).\n\n")
+
+
+def _description(args, chosen) -> str:
+    return (f"Found by a budget search ({args.objective}, at most {args.max_drop:g} points lost on a "
+            f"validation split): {_params_text(chosen['params'])}.")
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+
+
+def _cost_text(objective: str, s) -> str:
+    if s.cost is None:
+        return "no measurement"
+    if objective == "size":
+        return f"{1 / s.cost:.1f}x smaller (gzip)"
+    if objective == "latency":
+        return f"{1 / s.cost:.2f}x faster"
+    return f"{1 / s.cost:.2f}x (geometric mean of size and speed)"
+
+
+def _drop_text(drop) -> str:
+    return "not measured" if drop is None else f"{-drop:+.2f} points"
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _quiet(text: str) -> None:
+    """Trials log their steps briefly: only what each step made."""
+    if " done in " in text or "reused" in text:
+        print("    " + text.replace("[slimpipe] ", ""))

@@ -1,0 +1,147 @@
+"""What a budget search tries: the settings of one trial, and the recipe they make.
+
+>>> space = SPACES["size"]
+>>> params = space.suggest(optuna_trial)     # {"sparsity": 0.91, "clusters": 32, "quant": "pcqat"}
+>>> steps = space.steps(params, table, schedule=TRIAL)     # [[stages]] tables, no train step
+
+A trial starts from the trained baseline. Per-layer sparsity and cluster counts come from the
+sensitivity table (`pipeline.search.allocate`), so one overall setting fits any model:
+
+- size: unstructured pruning to an overall sparsity (allocated across layers), clustering
+  (a count per layer), then int8 by sparsity- and cluster-preserving QAT or post-training;
+- latency: structured pruning (whole filters and neurons, a share of the MACs), then int8
+  (dynamic range or full integer) or none;
+- balanced: structured pruning, then unstructured pruning, clustering and int8 of what is left.
+
+The stages are named by their type (`prune`, `cluster`, ...): the search builds recipes as data,
+as a user writes TOML, and knows nothing of what the stages do inside.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from slimpipe.pipeline.search.allocate import allocate_clusters, allocate_sparsity
+
+OBJECTIVES = ("size", "latency", "balanced")
+CLUSTERS = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long each fine-tuning step of a trial trains."""
+
+    prune_epochs: int
+    structured_epochs: int
+    qat_epochs: int
+    export: tuple[str, ...]
+    min_seconds: float
+    latency: tuple[tuple[int, int], ...]
+
+
+TRIAL = Schedule(prune_epochs=2, structured_epochs=2, qat_epochs=1, export=("tflite",),
+                 min_seconds=0.05, latency=((1, 1),))
+FULL = Schedule(prune_epochs=14, structured_epochs=6, qat_epochs=1, export=("tflite", "onnx"),
+                min_seconds=0.15, latency=((1, 1), (0, 1)))
+
+DISTILL = {"batch_size": 128, "lr_decay": "cosine", "distill": 0.5, "temperature": 1.0, "dropout": 0.0}
+
+
+@dataclass(frozen=True)
+class Space:
+    """One objective's settings: how Optuna suggests them, where the search starts, the steps
+    they make, and what a file costs (lower is better) against the dense float TFLite file."""
+
+    suggest: Callable[[Any], dict[str, Any]]
+    start: dict[str, Any]
+    steps: Callable[..., list[dict[str, Any]]]
+    cost: str  # "size", "latency" or "balanced": see pipeline.search.score
+
+
+def _suggest_size(trial) -> dict[str, Any]:
+    return {"sparsity": trial.suggest_float("sparsity", 0.5, 0.97),
+            "clusters": trial.suggest_categorical("clusters", CLUSTERS),
+            "quant": trial.suggest_categorical("quant", ("pcqat", "int8"))}
+
+
+def _suggest_latency(trial) -> dict[str, Any]:
+    return {"reduction": trial.suggest_float("reduction", 0.3, 0.9),
+            "quant": trial.suggest_categorical("quant", ("dynamic", "int8", "none"))}
+
+
+def _suggest_balanced(trial) -> dict[str, Any]:
+    return {"reduction": trial.suggest_float("reduction", 0.2, 0.8),
+            "sparsity": trial.suggest_float("sparsity", 0.3, 0.95),
+            "clusters": trial.suggest_categorical("clusters", CLUSTERS),
+            "quant": trial.suggest_categorical("quant", ("pcqat", "int8"))}
+
+
+def _prune(params, table, schedule: Schedule) -> dict[str, Any]:
+    alloc = {name: s for name, s in allocate_sparsity(table, params["sparsity"], max_sparsity=0.99).items()
+             if s >= 0.01}
+    return {"stage": "prune", "layers": sorted(alloc), "final_sparsity": round(params["sparsity"], 4),
+            "layer_sparsity": dict(sorted(alloc.items())), "epochs": schedule.prune_epochs,
+            "learning_rate": 2e-3, "ramp": 0.5, **DISTILL}
+
+
+def _cluster(params, table, tolerance: float) -> dict[str, Any]:
+    counts = allocate_clusters(table, params["clusters"], tolerance=tolerance)
+    own = {name: k for name, k in sorted(counts.items()) if k != params["clusters"]}
+    return {"stage": "cluster", "clusters": params["clusters"], "epochs": 0,
+            **({"layer_clusters": own} if own else {})}
+
+
+def _int8(params, schedule: Schedule, *, sparse: bool) -> list[dict[str, Any]]:
+    if params["quant"] == "pcqat":
+        return [{"stage": "quantize", "mode": "pcqat", "epochs": schedule.qat_epochs, "learning_rate": 1e-4,
+                 **DISTILL, "sparse": True, "strip_names": True, "per_channel": False}]
+    if params["quant"] == "none":
+        return []
+    return [{"stage": "quantize", "mode": params["quant"], "sparse": sparse, "strip_names": True}]
+
+
+def _structured(params, schedule: Schedule) -> dict[str, Any]:
+    return {"stage": "structured_prune", "reduction": round(params["reduction"], 4), "rounds": 1,
+            "epochs": 0, "final_epochs": schedule.structured_epochs,
+            **{**DISTILL, "distill": 0.7}}
+
+
+def _tail(schedule: Schedule) -> list[dict[str, Any]]:
+    return [{"stage": "export", "formats": list(schedule.export),
+             **({"onnx_int8": []} if "onnx" in schedule.export else {})},
+            {"stage": "benchmark", "min_seconds": schedule.min_seconds,
+             "latency": [list(p) for p in schedule.latency], "passes": 5 if schedule is TRIAL else 10,
+             "sparse_kernels": schedule is not TRIAL}]
+
+
+def _size_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
+    return [_prune(params, table, schedule), {"stage": "strip"}, _cluster(params, table, tolerance),
+            *_int8(params, schedule, sparse=True), *_tail(schedule)]
+
+
+def _latency_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
+    return [_structured(params, schedule), *_int8(params, schedule, sparse=False), *_tail(schedule)]
+
+
+def _balanced_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
+    return [_structured(params, schedule), _prune(params, table, schedule), {"stage": "strip"},
+            _cluster(params, table, tolerance), *_int8(params, schedule, sparse=True), *_tail(schedule)]
+
+
+SPACES: Mapping[str, Space] = {
+    "size": Space(_suggest_size, {"sparsity": 0.9, "clusters": 64, "quant": "pcqat"}, _size_steps, "size"),
+    "latency": Space(_suggest_latency, {"reduction": 0.6, "quant": "int8"}, _latency_steps, "latency"),
+    "balanced": Space(_suggest_balanced, {"reduction": 0.5, "sparsity": 0.8, "clusters": 64, "quant": "int8"},
+                      _balanced_steps, "balanced"),
+}
+
+
+def name_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every step a unique name (the stage type, then type-2, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for step in steps:
+        kind = step["stage"]
+        seen[kind] = seen.get(kind, 0) + 1
+        out.append({"name": kind if seen[kind] == 1 else f"{kind}-{seen[kind]}", **step})
+    return out

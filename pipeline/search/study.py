@@ -1,0 +1,127 @@
+"""The search's Optuna study: stored in a journal file, so a killed search resumes and a second run
+with the same settings reuses every finished trial.
+
+>>> study = open_study(out / "search", name="auto-size-1a2b3c", seed=0, trials=12)
+>>> run_trials(study, SPACES["size"], run_one, trials=12, budget_s=1800, log=print)
+
+Optuna's TPE sampler suggests each trial's settings; its `constraints_func` reads the trial's
+accuracy constraint (points lost minus the budget: feasible at <= 0), so it learns where the
+budget holds. A trial that was running when the search was killed is marked failed and its
+settings are tried again first (its finished steps come back from the runner's cache).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from slimpipe.pipeline.errors import SlimpipeError
+
+STUDY_FILE = "study.log"
+
+
+def _constraints(trial) -> list[float]:
+    return list(trial.user_attrs.get("constraint", [math.inf]))
+
+
+def open_study(folder: Path, *, name: str, seed: int, trials: int):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(5, trials // 3)),
+                                         multivariate=True, constraints_func=_constraints)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                               direction="minimize", load_if_exists=True)
+
+
+def recover(study) -> int:
+    """Mark trials left running by a killed search failed and queue their settings again."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+    return len(stale)
+
+
+def finished(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def run_trials(study, space, run_one: Callable[[int, dict[str, Any]], Any], *, trials: int,
+               max_drop: float, budget_s: float | None, started: float,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run trials until `trials` have finished in the study (earlier runs' count) or no trial fits
+    in the time left; returns what happened."""
+    from optuna.trial import TrialState
+
+    retried = recover(study)
+    if not study.trials:
+        study.enqueue_trial(dict(space.start))
+    seconds, attempts, failed = [], 0, 0
+    reused = len(finished(study))
+    while len(finished(study)) < trials and attempts < 2 * trials:
+        spent = time.perf_counter() - started
+        expected = sum(seconds) / len(seconds) if seconds else 0.0
+        if budget_s is not None and spent + expected > budget_s:
+            log(f"[slimpipe] search: time budget reached after {spent:.0f} s "
+                f"({len(finished(study))} trials finished)")
+            break
+        attempts += 1
+        trial = study.ask()
+        params = space.suggest(trial)
+        t0 = time.perf_counter()
+        try:
+            result = run_one(trial.number, params)
+        except SlimpipeError as exc:
+            failed += 1
+            trial.set_user_attr("error", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"[slimpipe] search: trial {trial.number} failed: {exc}")
+            continue
+        took = time.perf_counter() - t0
+        seconds.append(took)
+        trial.set_user_attr("score", result.record())
+        trial.set_user_attr("seconds", round(took, 1))
+        trial.set_user_attr("constraint", [math.inf if result.drop is None else result.drop - max_drop])
+        if result.cost is None:
+            study.tell(trial, state=TrialState.FAIL)
+            failed += 1
+            continue
+        study.tell(trial, result.cost)
+    return {"reused_trials": reused, "retried": retried, "failed": failed, "ran": len(seconds),
+            "seconds_per_trial": round(sum(seconds) / len(seconds), 1) if seconds else None}
+
+
+def trial_records(study) -> list[dict[str, Any]]:
+    """Every finished trial: number, settings, score, seconds."""
+    out = []
+    for t in finished(study):
+        score = t.user_attrs.get("score") or {}
+        out.append({"number": t.number, "params": dict(t.params), "seconds": t.user_attrs.get("seconds"),
+                    **{k: score.get(k) for k in ("file", "cost", "drop", "feasible", "accuracy",
+                                                 "baseline_accuracy", "bytes", "gzip_bytes",
+                                                 "size_ratio", "latency_ratio", "points")}})
+    return out
+
+
+def best(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trial to confirm: the lowest cost within the budget (on validation), or with none
+    within it, the one that lost the least accuracy."""
+    scored = [r for r in records if r.get("cost") is not None and r.get("drop") is not None]
+    within = [r for r in scored if r["feasible"]]
+    if within:
+        return min(within, key=lambda r: (r["cost"], r["drop"], r["number"]))
+    return min(scored, key=lambda r: (r["drop"], r["cost"], r["number"])) if scored else None
