@@ -25,6 +25,7 @@ OBJECTIVE ?=
 TRIALS ?=
 TIME_BUDGET ?=
 VALIDATION ?=
+TRIAL_EPOCHS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
@@ -35,7 +36,8 @@ ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 	$(if $(DISTRIBUTE),--distribute $(DISTRIBUTE)) $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(TASK),--task $(TASK)) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) \
 	$(if $(OBJECTIVE),--objective $(OBJECTIVE)) $(if $(TRIALS),--trials $(TRIALS)) \
-	$(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(VALIDATION),--validation $(VALIDATION))
+	$(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(VALIDATION),--validation $(VALIDATION)) \
+	$(if $(TRIAL_EPOCHS),--trial-epochs $(TRIAL_EPOCHS))
 
 REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
 GATE_ARGS ?=

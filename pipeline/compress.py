@@ -162,8 +162,8 @@ def clear_previous_run(out: Path, keep: set[str]) -> None:
         raise ConfigError(f"--out {str(out)!r} is a file: give a folder path")
     out.mkdir(parents=True, exist_ok=True)
     for entry in out.iterdir():
-        ours = re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|(report\.(json|md|html)|\w+_vs_accuracy\.png)(\.tmp)?"
-                            r"|\.(report\.(json|md|html)|\w+_vs_accuracy\.png)\.\w+\.tmp", entry.name)
+        ours = re.fullmatch(r"\.?\d\d-[\w.-]+(\.tmp)?|(report\.(json|md|html)|(\w+_vs_accuracy|search_front|sensitivity)\.png)(\.tmp)?"
+                            r"|\.(report\.(json|md|html)|(\w+_vs_accuracy|search_front|sensitivity)\.png)\.\w+\.tmp", entry.name)
         if ours and entry.name not in keep:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 

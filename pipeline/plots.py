@@ -87,6 +87,12 @@ def _plot(rows, cost_key: str, front_key: str, xlabel: str, title: str, log_x: b
     return buf.getvalue()
 
 
+def plot_search(report):
+    from slimpipe.pipeline.search.section import plot_search as plot
+
+    return plot(report)
+
+
 def plot_pareto(report: Mapping[str, Any]) -> dict[str, bytes]:
     """PNG bytes by file name: size_vs_accuracy.png and latency_vs_accuracy.png.
 
@@ -109,4 +115,5 @@ def plot_pareto(report: Mapping[str, Any]) -> dict[str, bytes]:
             timed, "p50_ms", "on_latency_front", "p50 latency (ms, 1 thread, batch 1)",
             f"Latency vs accuracy: {report.get('model')} on {report.get('dataset')}",
             log_x=False)
+    out.update(plot_search(report))
     return out

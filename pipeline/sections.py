@@ -14,6 +14,7 @@ from slimpipe.pipeline.document import (Bullets, Cell, Document, Figure, Figures
                                         Section, Table, Tree, TreeNode, code)
 from slimpipe.pipeline.pareto import pareto_table, smallest_sentence
 from slimpipe.pipeline.plots import PLOT_ALT
+from slimpipe.pipeline.search.section import search_sections
 from slimpipe.pipeline.sections_run import run_sections
 from slimpipe.pipeline.rows import (DASH, baseline_row, fmt_bytes, fmt_num, fmt_x, point_1x1,
                                     ratio_of, reference_for, speedup, speedup_range)
@@ -56,7 +57,7 @@ FACTOR_HEAD = ["artifact", "layer", "kind", "rank", "of", "energy kept", "params
 
 def report_document(report: Report, plots: Iterable[str] = ()) -> Document:
     """The whole report; `plots` names the plot files (PNG) that go with it."""
-    sections = [artifacts_section(report), pareto_section(report, set(plots)),
+    sections = [artifacts_section(report), *search_sections(report, set(plots)), pareto_section(report, set(plots)),
                 latency_section(report), *complexity_section(report), *factorization_section(report),
                 sparsity_section(report),
                 stages_section(report), *run_sections(report), environment_section(report)]

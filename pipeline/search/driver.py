@@ -47,6 +47,8 @@ def check_options(args) -> None:
                           f"Received: {args.time_budget_text!r}")
     if not 0 < args.validation < 1:
         raise ConfigError(f"--validation must be a fraction in (0, 1), e.g. 0.1. Received: --validation {args.validation:g}")
+    if args.trial_epochs < 1:
+        raise ConfigError(f"--trial-epochs must be >= 1. Received: --trial-epochs {args.trial_epochs}")
     if getattr(args, "distribute", None):
         raise ConfigError("--recipe auto runs in one process: drop --distribute (run the chosen recipe, "
                           "OUT/chosen.toml, with --distribute to train it on several workers)")
@@ -80,10 +82,11 @@ def run_search(args, registry: Mapping[str, type]) -> int:
     phases: dict[str, float] = {}
     out = Path(args.out) if args.out else None
     space = SPACES[args.objective]
-    train = baseline_step(args.epochs)
+    train = _with_overrides([baseline_step(args.epochs)], args, registry)[0]
     fit = _fit_recipe(train, args.validation)
     base_args = _with_recipe(args, fit)
     env = _prepare(base_args, registry)
+    registry["sensitivity"]().check(env["prep"].inputs.model, None)  # a model with nothing to prune fails now
     out = env["out"]
     search_dir = out / SEARCH_DIR
     search_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +104,7 @@ def run_search(args, registry: Mapping[str, type]) -> int:
     from slimpipe.pipeline.search.study import best, open_study, run_trials, trial_records
 
     settings = {"objective": args.objective, "max_drop": args.max_drop, "seed": args.seed,
+                "trial_epochs": args.trial_epochs,
                 "validation": args.validation, "baseline": trained.sha256, "version": SPACE_VERSION,
                 "overrides": args.set}
     name = f"auto-{args.objective}-{_digest(settings)[:12]}"
@@ -193,7 +197,8 @@ def _trial(number, params, model, trained, search_data, search_dir: Path, space,
     from slimpipe.pipeline.runner import run_recipe, save_source
     from slimpipe.pipeline.search.score import score
 
-    steps = name_steps(space.steps(params, table, schedule=TRIAL, tolerance=tolerance))
+    schedule = TRIAL.with_epochs(args.trial_epochs)
+    steps = name_steps(space.steps(params, table, schedule=schedule, tolerance=tolerance))
     steps = _with_overrides(steps, args, registry)
     folder = search_dir / "trials" / _digest({"steps": steps, "baseline": trained.sha256})[:12]
     recipe = build_recipe({"name": f"trial-{number}", "stages": steps}, registry)
@@ -276,8 +281,9 @@ def _with_recipe(args, data: Mapping[str, Any]):
 
 
 def _with_path(args, path: Path, *, argv):
+    """The arguments of a plain run of the recipe at `path`: --epochs and --set are in it already."""
     new = copy.copy(args)
-    new.recipe, new.recipe_data, new.argv = str(path), None, argv
+    new.recipe, new.recipe_data, new.argv, new.epochs, new.set = str(path), None, argv, None, []
     return new
 
 

@@ -18,6 +18,7 @@ as a user writes TOML, and knows nothing of what the stages do inside.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -37,12 +38,19 @@ class Schedule:
     export: tuple[str, ...]
     min_seconds: float
     latency: tuple[tuple[int, int], ...]
+    passes: int
+    sparse_kernels: bool
+
+    def with_epochs(self, epochs: int) -> "Schedule":
+        """The same schedule with `epochs` of pruning and of structured pruning's fine-tuning."""
+        return dataclasses.replace(self, prune_epochs=epochs, structured_epochs=epochs)
 
 
+# Trials fine-tune briefly and export TFLite alone; the chosen settings run on FULL.
 TRIAL = Schedule(prune_epochs=2, structured_epochs=2, qat_epochs=1, export=("tflite",),
-                 min_seconds=0.05, latency=((1, 1),))
+                 min_seconds=0.05, latency=((1, 1),), passes=5, sparse_kernels=False)
 FULL = Schedule(prune_epochs=14, structured_epochs=6, qat_epochs=1, export=("tflite", "onnx"),
-                min_seconds=0.15, latency=((1, 1), (0, 1)))
+                min_seconds=0.15, latency=((1, 1), (0, 1)), passes=10, sparse_kernels=True)
 
 DISTILL = {"batch_size": 128, "lr_decay": "cosine", "distill": 0.5, "temperature": 1.0, "dropout": 0.0}
 
@@ -110,8 +118,8 @@ def _tail(schedule: Schedule) -> list[dict[str, Any]]:
     return [{"stage": "export", "formats": list(schedule.export),
              **({"onnx_int8": []} if "onnx" in schedule.export else {})},
             {"stage": "benchmark", "min_seconds": schedule.min_seconds,
-             "latency": [list(p) for p in schedule.latency], "passes": 5 if schedule is TRIAL else 10,
-             "sparse_kernels": schedule is not TRIAL}]
+             "latency": [list(p) for p in schedule.latency], "passes": schedule.passes,
+             "sparse_kernels": schedule.sparse_kernels}]
 
 
 def _size_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:

@@ -461,3 +461,26 @@ def test_training_pipeline_has_autotuning_off_and_visits_every_example_once_per_
     batches = [len(b) for b, _ in ds.test_dataset(64)]
     assert batches == [50] and np.array_equal(np.concatenate([b.numpy() for b, _ in ds.test_dataset(16)]).ravel(),
                                               np.arange(50))
+
+
+def test_hold_out_a_validation_split():
+    from slimpipe.pipeline.data.dataset import hold_out
+    from tests.conftest import make_tiny_data
+
+    data = make_tiny_data(n_train=400, n_test=50)
+    fit, search = hold_out(data, 0.25, seed=3)
+    assert len(fit.y_train) + len(search.y_test) == 400 and len(search.y_test) == pytest.approx(100, abs=4)
+    assert np.array_equal(fit.x_test, data.x_test)  # the test split is untouched
+    assert np.array_equal(search.x_train, fit.x_train)
+    for cls in range(4):  # a share of each class
+        share = np.mean(search.y_test == cls) / np.mean(data.y_train == cls)
+        assert share == pytest.approx(0.25 * 400 / len(search.y_test), rel=0.1)
+    rows = {x.tobytes() for x in fit.x_train}
+    assert not any(x.tobytes() in rows for x in search.x_test)  # disjoint
+    again, _ = hold_out(data, 0.25, seed=3)
+    assert np.array_equal(again.y_train, fit.y_train)
+    other, _ = hold_out(data, 0.25, seed=4)
+    assert not np.array_equal(other.y_train, fit.y_train)
+    assert fit.record()["validation"] == {"fraction": 0.25, "seed": 3, "examples": len(search.y_test), "of": 400}
+    with pytest.raises(ConfigError, match="fraction"):
+        hold_out(data, 1.0)

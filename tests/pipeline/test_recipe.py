@@ -107,3 +107,15 @@ def test_xnnpack_recipe_prunes_with_the_xnnpack_policy():
     r = load_recipe("xnnpack", STAGES)
     assert [s.stage.name for s in r] == ["train", "prune", "strip", "export", "benchmark"]
     assert r[1].stage.pruning_policy == "xnnpack"
+
+
+def test_a_recipe_may_hold_out_a_validation_split():
+    from slimpipe.pipeline.recipe import build_recipe
+    from slimpipe.stages import STAGES
+
+    recipe = build_recipe({"validation": 0.1, "stages": [{"stage": "train"}]}, STAGES)
+    assert recipe.validation == 0.1
+    assert build_recipe({"stages": [{"stage": "train"}]}, STAGES).validation == 0.0
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ConfigError, match="validation must be a fraction"):
+            build_recipe({"validation": bad, "stages": [{"stage": "train"}]}, STAGES)

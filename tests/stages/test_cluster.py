@@ -85,3 +85,19 @@ def test_bad_parameters(kwargs, field):
 def test_two_clusters_without_sparsity_and_lists_from_recipes():
     assert Cluster(clusters=2, preserve_sparsity=False).clusters == 2
     assert Cluster(layers=["dense"]).layers == ("dense",)
+
+
+def test_layer_clusters_gives_a_layer_its_own_count(ctx, trained_path):
+    art = keras_artifact(trained_path)
+    [out] = run(Cluster(clusters=4, preserve_sparsity=False, epochs=0, layer_clusters={"dense": 16}), art, ctx)
+    found = kernels(out.path)
+    assert np.unique(found["conv"]).size <= 4 and np.unique(found["logits"]).size <= 4
+    assert 4 < np.unique(found["dense"]).size <= 16
+    assert {e["name"]: e["clusters"] for e in out.meta["layers"]} == {"conv": 4, "dense": 16, "logits": 4}
+
+
+def test_layer_clusters_are_checked():
+    with pytest.raises(ConfigError, match="layer_clusters"):
+        Cluster(layer_clusters={"dense": 1})
+    with pytest.raises(ConfigError, match="selects none"):
+        Cluster(layer_clusters={"nope": 8}).check(__import__("tests.conftest", fromlist=["x"]).make_tiny_model(), None)

@@ -1,0 +1,63 @@
+"""The Optuna study: a killed search's running trial is retried first; durations parse."""
+import argparse
+
+import pytest
+
+from slimpipe.pipeline.search.driver import parse_duration
+from slimpipe.pipeline.search.space import SPACES
+from slimpipe.pipeline.search.score import Score
+from slimpipe.pipeline.search.study import finished, open_study, recover, run_trials
+
+
+def fake_score(cost, drop):
+    return Score("f.tflite", cost, drop, drop <= 0.5, 0.9, 0.9, 100, 50, cost, None, (("f.tflite", cost, 0.9),))
+
+
+def test_trials_are_stored_and_a_second_run_reuses_them(tmp_path):
+    seen = []
+
+    def run_one(number, params):
+        seen.append(params)
+        return fake_score(params["sparsity"], 0.0 if params["sparsity"] < 0.8 else 1.0)
+
+    study = open_study(tmp_path, name="s", seed=0, trials=4)
+    stats = run_trials(study, SPACES["size"], run_one, trials=3, max_drop=0.5, budget_s=None, started=0, log=print)
+    assert stats["ran"] == 3 and len(finished(study)) == 3
+    assert seen[0] == SPACES["size"].start  # the search starts from a known good point
+    again = open_study(tmp_path, name="s", seed=0, trials=4)
+    stats = run_trials(again, SPACES["size"], run_one, trials=4, max_drop=0.5, budget_s=None, started=0, log=print)
+    assert stats == {**stats, "reused_trials": 3, "ran": 1}
+    assert sorted(t.number for t in finished(again)) == [0, 1, 2, 3]
+    assert all(t.user_attrs["constraint"][0] == (-0.5 if t.params["sparsity"] < 0.8 else 0.5)
+               for t in finished(again))
+
+
+def test_a_trial_left_running_is_retried_with_its_settings(tmp_path):
+    study = open_study(tmp_path, name="s", seed=0, trials=3)
+    trial = study.ask()
+    params = SPACES["size"].suggest(trial)  # the process dies here: the trial stays RUNNING
+    again = open_study(tmp_path, name="s", seed=0, trials=3)
+    assert recover(again) == 1
+    got = []
+    run_trials(again, SPACES["size"], lambda n, p: got.append(p) or fake_score(0.1, 0.0), trials=1,
+               max_drop=0.5, budget_s=None, started=0, log=print)
+    assert got == [params]
+
+
+def test_no_trial_starts_after_the_time_budget(tmp_path):
+    study = open_study(tmp_path, name="s", seed=0, trials=3)
+    stats = run_trials(study, SPACES["size"], lambda n, p: pytest.fail("ran"), trials=3, max_drop=0.5,
+                       budget_s=10, started=-100.0, log=print)
+    assert stats["ran"] == 0 and not study.trials[1:]
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("1h", 3600), ("1h30m", 5400), ("90s", 90),
+                                           ("45", 45), ("0.5h", 1800)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "30 minutes", "m"])
+def test_bad_durations(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)

@@ -1,0 +1,156 @@
+"""`--recipe auto`: the budget search end to end on a slice of real Fashion-MNIST with one epoch
+per training stage (the point is the mechanics, not the accuracy), its chosen recipe re-run without
+a search, a resumed study, the best-so-far path when no trial is within the budget, and bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from slimpipe.pipeline.cli import main
+from slimpipe.pipeline.data import load_dataset
+from slimpipe.pipeline.recipe import load_recipe
+from slimpipe.stages import STAGES
+from tests.test_cli import needs_fashion
+
+FAST = ["train.epochs=1", "prune.epochs=1", "structured_prune.final_epochs=1", "quantize.epochs=1",
+        "quantize.min_agreement=0", "quantize.parity_samples=32", "quantize.representative_samples=32",
+        "export.min_agreement=0", "export.parity_samples=32", 'export.formats=["tflite"]',
+        "benchmark.min_runs=2", "benchmark.warmup=1", "benchmark.min_seconds=0", "benchmark.passes=2",
+        "benchmark.sparse_kernels=false", "sensitivity.examples=64"]
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("SLIMPIPE_QUIET", "1")
+
+
+@pytest.fixture(scope="module")
+def data_npz(tmp_path_factory):
+    """480 training and 128 test images of the real Fashion-MNIST."""
+    ds = load_dataset("fashion_mnist", limit=480)
+    path = tmp_path_factory.mktemp("data") / "fashion_slice.npz"
+    to_uint8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)  # noqa: E731
+    np.savez(path, x_train=to_uint8(ds.x_train), y_train=ds.y_train, x_test=to_uint8(ds.x_test[:128]),
+             y_test=ds.y_test[:128], labels=np.array(ds.labels))
+    return path
+
+
+def search(data_npz, out, *extra, objective="size", trials=1, max_drop="100", sets=()):
+    args = ["compress", "--model", "cnn", "--dataset", f"npz:{data_npz}", "--recipe", "auto",
+            "--objective", objective, "--max-drop", max_drop, "--trials", str(trials), "--validation", "0.25",
+            "--out", str(out), *extra]
+    for item in [*FAST, *sets]:
+        args += ["--set", item]
+    return main(args)
+
+
+def report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp_path):
+    out = tmp_path / "auto"
+    assert search(data_npz, out, trials=1) == 0
+    rep = report(out)
+    s = rep["search"]
+    assert s["objective"] == "size" and len(s["trials"]) == 1 and s["stats"]["ran"] == 1
+    assert s["validation"] == {"fraction": 0.25, "seed": 0, "examples": 120, "of": 480}
+    assert rep["data"]["train_examples"] == 360 and rep["data"]["test_examples"] == 128
+    layers = [r["name"] for r in s["sensitivity"]["layers"]]
+    assert layers[0] == "conv1" and layers[-1] == "logits"  # stem and logits are candidates too
+    chosen = s["chosen"]
+    names = {r["name"]: r for r in rep["artifacts"]}
+    assert chosen["file"] in names and chosen["feasible"]
+    assert s["verdict"]["met"] and s["verdict"]["file"] == chosen["file"]
+    base = names[rep["baseline"]]["accuracy"]
+    assert s["verdict"]["test_drop"] == pytest.approx((base - names[chosen["file"]]["accuracy"]) * 100, abs=1e-3)
+    md = (out / "report.md").read_text()
+    assert "## Budget search" in md and "## Sensitivity" in md
+    assert (out / "search_front.png").stat().st_size > 0 and (out / "sensitivity.png").stat().st_size > 0
+
+    recipe = load_recipe(str(out / "chosen.toml"), STAGES)
+    assert recipe.validation == 0.25 and [s.stage.name for s in recipe][0] == "train"
+    prune = next(step.stage for step in recipe if step.stage.name == "prune")
+    assert prune.layer_sparsity and all(not sel.startswith("@") for sel, _ in prune.layer_sparsity)
+
+    again = tmp_path / "again"  # the chosen recipe alone, no search, no --set: the same files
+    assert main(["compress", "--model", "cnn", "--dataset", f"npz:{data_npz}", "--recipe",
+                 str(out / "chosen.toml"), "--out", str(again)]) == 0
+    rerun = {r["name"]: r for r in report(again)["artifacts"]}
+    assert "search" not in report(again)
+    for name in (chosen["file"], "trained.tflite"):
+        assert rerun[name]["sha256"] == names[name]["sha256"], name
+
+    assert search(data_npz, out, trials=2) == 0  # the same settings: the study's trial is reused
+    s2 = report(out)["search"]
+    assert len(s2["trials"]) == 2 and s2["stats"]["reused_trials"] == 1 and s2["stats"]["ran"] == 1
+    assert [t["number"] for t in s2["trials"]] == [0, 1]
+
+
+@needs_fashion
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["latency", "balanced"])
+def test_latency_and_balanced_searches(data_npz, tmp_path, objective):
+    out = tmp_path / objective
+    assert search(data_npz, out, objective=objective) == 0
+    s = report(out)["search"]
+    assert s["objective"] == objective and s["chosen"]["latency_ratio"] > 0
+    steps = [step.stage.name for step in load_recipe(str(out / "chosen.toml"), STAGES)]
+    assert "structured_prune" in steps and ("prune" in steps) == (objective == "balanced")
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz, tmp_path, capsys):
+    out = tmp_path / "impossible"
+    # Every layer 99% zeros: the files lose accuracy, and a budget of 0 points cannot be met.
+    rc = search(data_npz, out, max_drop="0", sets=['prune.layer_sparsity={"@all" = 0.99}'])
+    assert rc == 1
+    s = report(out)["search"]
+    assert not s["chosen"]["feasible"] and not s["verdict"]["met"]
+    assert "no trial was within 0 points" in s["verdict"]["text"]
+    assert (out / "chosen.toml").is_file()
+    [row] = [r for r in report(out)["artifacts"] if r["name"] == s["chosen"]["file"]]
+    assert (out / row["path"]).is_file()
+    assert "no trial was within 0 points" in capsys.readouterr().out
+
+
+@needs_fashion
+@pytest.mark.parametrize("extra, message", [
+    (["--max-drop", "-1"], "--max-drop must be between 0 and 100"),
+    (["--max-drop", "101"], "--max-drop must be between 0 and 100"),
+    (["--objective", "fast"], "--objective must be one of size, latency, balanced"),
+    (["--trials", "0"], "--trials must be >= 1"),
+    (["--time-budget", "0m"], "--time-budget must be longer than zero"),
+    (["--validation", "1"], "--validation must be a fraction"),
+])
+def test_bad_search_options(data_npz, tmp_path, capsys, extra, message):
+    out = tmp_path / "bad"
+    args = ["compress", "--dataset", f"npz:{data_npz}", "--recipe", "auto", "--out", str(out), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_search_options_need_recipe_auto(capsys):
+    assert main(["compress", "--max-drop", "0.5"]) == 2
+    assert "--max-drop is an option of the budget search: add --recipe auto" in capsys.readouterr().err
+
+
+@needs_fashion
+def test_a_model_with_nothing_to_prune_is_refused_before_training(data_npz, tmp_path, capsys):
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10, name="logits")])
+    path = tmp_path / "gap.h5"
+    model.save(path)
+    out = tmp_path / "out"
+    assert main(["compress", "--model", str(path), "--dataset", f"npz:{data_npz}", "--recipe", "auto",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no prunable layer" in err and len(err.splitlines()) == 1
+    assert not out.exists()
