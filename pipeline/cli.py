@@ -4,6 +4,8 @@
     slimpipe compress --model my_model.keras --dataset npz:data.npz --recipe my.toml
     slimpipe list                                                     # models, data sets, stages
     slimpipe results runs/a runs/b --out docs/benchmarks.md          # stamped result tables
+    slimpipe compress --recipe auto --max-drop 0.5 --objective size  # a budget search
+    slimpipe join runs/cnn-fashion_mnist                             # one more worker for it
 
 Errors a user can fix print one line and exit with code 2.
 """
@@ -66,13 +68,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="run every stage again instead of reusing finished ones in --out")
     _add_search_options(c)
     _add_distribute_options(c)
+    j = sub.add_parser("join", help="add a worker to the budget search running in OUT (its trials only)")
+    j.add_argument("out", help="the --out folder of a running `slimpipe compress --recipe auto`")
+    j.add_argument("--threads", type=int, default=None, help="TensorFlow threads for this worker")
     sub.add_parser("list", help="list models, data sets, stages and recipes")
     add_gate_parser(sub)
     add_results_parser(sub)
     return p
 
 
-SEARCH_DEFAULTS = {"max_drop": 0.5, "objective": "size", "trials": 12, "validation": 0.1, "trial_epochs": 2}
+SEARCH_DEFAULTS = {"max_drop": 0.5, "objective": "size", "trials": 12, "validation": 0.1, "trial_epochs": 2, "jobs": 1}
 
 
 def _add_search_options(c) -> None:
@@ -91,13 +96,19 @@ def _add_search_options(c) -> None:
     g.add_argument("--trial-epochs", type=int, default=None, metavar="N",
                    help="fine-tuning epochs of a trial's pruning step (default 2; the chosen recipe "
                         "runs 14): more costs time and ranks trials closer to the final run")
+    g.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="N worker processes on this machine take trials from the study (default 1); "
+                        "`slimpipe join OUT` adds one on another machine")
+    g.add_argument("--storage", default=None, metavar="URL",
+                   help="an Optuna storage URL for the study (e.g. postgresql://...), for workers on "
+                        "machines without a shared folder (default: OUT/search/study.log)")
     g.add_argument("--validation", type=float, default=None, metavar="FRACTION",
                    help="share of each class of the training data held out to score trials (default 0.1)")
 
 
 def _search_args(args) -> None:
     """Fill the search options' defaults for --recipe auto; refuse them without it."""
-    given = [k for k in (*SEARCH_DEFAULTS, "time_budget") if getattr(args, k, None) is not None]
+    given = [k for k in (*SEARCH_DEFAULTS, "time_budget", "storage") if getattr(args, k, None) is not None]
     if args.recipe != "auto":
         if given:
             flag = "--" + given[0].replace("_", "-")
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_gate(args)
         if args.command == "results":
             return run_results(args)
+        if args.command == "join":
+            return _join(args)
         load_tensorflow(verbose=args.verbose)  # its start-up notices only with --verbose
         with contextlib.nullcontext() if args.verbose else quiet_stderr():
             return _compress(args)
@@ -193,6 +206,28 @@ def _image_size(text: str) -> tuple[int, int]:
     if not match or int(match.group(1)) < 1 or int(match.group(2) or match.group(1)) < 1:
         raise argparse.ArgumentTypeError(f"expected HxW with whole numbers >= 1, e.g. 64x64. Received: {text!r}")
     return int(match.group(1)), int(match.group(2) or match.group(1))
+
+
+def _join(args) -> int:
+    """`slimpipe join OUT`: run trials of the search in OUT with the command line it was started with."""
+    from pathlib import Path
+
+    from slimpipe.pipeline.search.driver import join_search, run_search
+    from slimpipe.stages import STAGES
+
+    argv, threads = join_search(Path(args.out))
+    threads = args.threads or threads
+    load_tensorflow(verbose=args.verbose)
+    if threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    search = _parser().parse_args(argv)
+    search.argv = argv
+    _search_args(search)
+    with contextlib.nullcontext() if args.verbose else quiet_stderr():
+        return run_search(search, STAGES, worker=True)
 
 
 def _compress(args) -> int:

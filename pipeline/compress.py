@@ -49,7 +49,7 @@ def compress(args, registry: Mapping[str, type]) -> int:
     return 0
 
 
-def start_run(args, prep: Prepared, dist=None):
+def start_run(args, prep: Prepared, dist=None, *, clear: bool = True):
     """The run's folder, context and source artifact: (ctx, source, log). Clears what an earlier
     run left in the folder except the steps the cache may reuse."""
     from slimpipe.pipeline.context import RunContext
@@ -60,7 +60,8 @@ def start_run(args, prep: Prepared, dist=None):
     recipe, inputs = prep.recipe, prep.inputs
     out, log = run_folder(prep.out, dist, args), logger(dist)
     keep = {f"{i:02d}-{step.name}" for i, step in enumerate(recipe, 1)} | {"00-source"}
-    clear_previous_run(out, keep=set() if args.no_cache else keep)
+    if clear:
+        clear_previous_run(out, keep=set() if args.no_cache else keep)
     deterministic(args.seed)
     ctx = RunContext(data=inputs.data, out_dir=out, model_name=args.model, seed=args.seed, distribution=dist)
     for note in inputs.notes:

@@ -118,6 +118,24 @@ def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz,
 
 
 @needs_fashion
+@pytest.mark.slow
+def test_two_local_workers_take_trials_from_one_study(data_npz, tmp_path):
+    out = tmp_path / "jobs"
+    assert search(data_npz, out, "--jobs", "2", trials=2) == 0
+    s = report(out)["search"]
+    assert s["jobs"] == 2 and s["stats"]["worker_exit_codes"] == [0, 0]
+    assert sorted(t["number"] for t in s["trials"]) == [0, 1]  # the count, each number once
+    assert all(t["worker"] for t in s["trials"])
+    assert s["chosen"]["number"] in (0, 1) and (out / "chosen.toml").is_file()
+    assert not list((out / "search" / "workers").glob("*"))  # the workers' heartbeats are gone
+
+
+def test_join_needs_a_running_search(tmp_path, capsys):
+    assert main(["join", str(tmp_path)]) == 2
+    assert "no search is running in" in capsys.readouterr().err
+
+
+@needs_fashion
 @pytest.mark.parametrize("extra, message", [
     (["--max-drop", "-1"], "--max-drop must be between 0 and 100"),
     (["--max-drop", "101"], "--max-drop must be between 0 and 100"),
@@ -125,6 +143,7 @@ def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz,
     (["--trials", "0"], "--trials must be >= 1"),
     (["--time-budget", "0m"], "--time-budget must be longer than zero"),
     (["--validation", "1"], "--validation must be a fraction"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
 ])
 def test_bad_search_options(data_npz, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"

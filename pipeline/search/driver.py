@@ -49,6 +49,8 @@ def check_options(args) -> None:
         raise ConfigError(f"--validation must be a fraction in (0, 1), e.g. 0.1. Received: --validation {args.validation:g}")
     if args.trial_epochs < 1:
         raise ConfigError(f"--trial-epochs must be >= 1. Received: --trial-epochs {args.trial_epochs}")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1. Received: --jobs {args.jobs}")
     if getattr(args, "distribute", None):
         raise ConfigError("--recipe auto runs in one process: drop --distribute (run the chosen recipe, "
                           "OUT/chosen.toml, with --distribute to train it on several workers)")
@@ -74,13 +76,14 @@ def baseline_step(epochs: int | None) -> dict[str, Any]:
     return step
 
 
-def run_search(args, registry: Mapping[str, type]) -> int:
+def run_search(args, registry: Mapping[str, type], *, worker: bool = False) -> int:
+    """The whole search (see the module's docstring); with `worker` (`slimpipe join OUT`), only
+    trials of the running search in OUT: the chief chooses and runs the final recipe."""
     from slimpipe.pipeline.compress import compress
 
     check_options(args)
     started = time.perf_counter()
     phases: dict[str, float] = {}
-    out = Path(args.out) if args.out else None
     space = SPACES[args.objective]
     train = _with_overrides([baseline_step(args.epochs)], args, registry)[0]
     fit = _fit_recipe(train, args.validation)
@@ -89,26 +92,29 @@ def run_search(args, registry: Mapping[str, type]) -> int:
     registry["sensitivity"]().check(env["prep"].inputs.model, None)  # a model with nothing to prune fails now
     out = env["out"]
     search_dir = out / SEARCH_DIR
+    if worker and not (search_dir / JOB_FILE).is_file():
+        raise ConfigError(f"no search is running in {out}: its baseline and sensitivity analysis are not "
+                          "finished (join once the chief prints 'search: trial'), or the folder is wrong")
     search_dir.mkdir(parents=True, exist_ok=True)
-    fit_path = search_dir / "baseline.toml"
-    fit_path.write_text(_dumps(fit))
+    (search_dir / "baseline.toml").write_text(_dumps(fit))
 
     t0 = time.perf_counter()
-    trained, fit_ctx = _baseline(env, base_args, registry, fit_path)
+    trained, fit_ctx = _baseline(env, base_args, registry, clear=not worker)
     phases["baseline"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     search_data = env["search_data"]
     table = _sensitivity(trained, fit_ctx, search_data, search_dir / "base", args, registry)
     phases["sensitivity"] = time.perf_counter() - t0
 
-    from slimpipe.pipeline.search.study import best, open_study, run_trials, trial_records
+    from slimpipe.pipeline.search.study import (Heartbeat, best, open_study, run_trials, trial_records,
+                                                wait_idle)
 
     settings = {"objective": args.objective, "max_drop": args.max_drop, "seed": args.seed,
                 "trial_epochs": args.trial_epochs,
                 "validation": args.validation, "baseline": trained.sha256, "version": SPACE_VERSION,
                 "overrides": args.set}
     name = f"auto-{args.objective}-{_digest(settings)[:12]}"
-    study = open_study(search_dir, name=name, seed=args.seed, trials=args.trials)
+    study = open_study(search_dir, name=name, seed=args.seed, trials=args.trials, storage=args.storage)
     t0 = time.perf_counter()
     model = fit_ctx.keras_model(trained)
     # A layer keeps more clusters where clustering it alone costs more than half the budget, or
@@ -118,8 +124,21 @@ def run_search(args, registry: Mapping[str, type]) -> int:
     def run_one(number: int, params: dict[str, Any]):
         return _trial(number, params, model, trained, search_data, search_dir, space, table, tolerance, args, registry)
 
-    stats = run_trials(study, space, run_one, trials=args.trials, max_drop=args.max_drop,
-                       budget_s=args.time_budget, started=started, log=print)
+    def trials_here() -> dict[str, Any]:
+        with Heartbeat(search_dir):
+            return run_trials(study, space, run_one, trials=args.trials, max_drop=args.max_drop,
+                              budget_s=args.time_budget, started=started, folder=search_dir, log=print)
+
+    if worker:
+        stats = trials_here()
+        print(f"[slimpipe] search: this worker ran {stats['ran']} trials; the chief chooses the result")
+        return 0
+    if args.jobs > 1:
+        stats = _run_workers(args, out, search_dir, name)
+    else:
+        _write_job(args, search_dir, name)
+        stats = trials_here()
+    wait_idle(study, search_dir)  # trials of workers that joined from elsewhere finish first
     phases["trials"] = time.perf_counter() - t0
     records = trial_records(study)
     chosen = best(records)
@@ -136,18 +155,71 @@ def run_search(args, registry: Mapping[str, type]) -> int:
           f"its recipe with the full schedule: {chosen_path}")
 
     record = {"objective": args.objective, "max_drop": args.max_drop, "study": name,
-              "storage": str(Path(SEARCH_DIR) / "study.log"), "trials_requested": args.trials,
-              "time_budget_s": args.time_budget, "validation": search_data.details.get("validation"),
+              "storage": args.storage or str(Path(SEARCH_DIR) / "study.log"), "trials_requested": args.trials,
+              "jobs": args.jobs, "time_budget_s": args.time_budget,
+              "validation": search_data.details.get("validation"),
               "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
               "sensitivity": table, "trials": records, "chosen": chosen, "stats": stats,
               "recipe": str(chosen_path.name)}
-    t0 = time.perf_counter()
     final_args = _with_path(args, chosen_path, argv=args.argv)
     final_args.search_record = record
     final_args.search_phases = {**{k: round(v, 1) for k, v in phases.items()}, "started": started}
     compress(final_args, registry)
     report = json.loads((out / "report.json").read_text())
     return _verdict(report, out)
+
+
+JOB_FILE = "job.json"
+
+
+def _write_job(args, search_dir: Path, study: str) -> None:
+    """What `slimpipe join OUT` needs to run trials of this search."""
+    job = {"argv": [a for a in args.argv], "study": study, "storage": args.storage,
+           "threads": getattr(args, "job_threads", None)}
+    _write_atomic_text(search_dir / JOB_FILE, json.dumps(job, indent=1))
+
+
+def _run_workers(args, out: Path, search_dir: Path, study: str) -> dict[str, Any]:
+    """--jobs N: N local `slimpipe join OUT` processes, each with cores / N threads; waits for them."""
+    import os
+    import subprocess
+    import sys
+
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    args.job_threads = threads
+    _write_job(args, search_dir, study)
+    log_dir = search_dir / "workers-log"
+    log_dir.mkdir(exist_ok=True)
+    procs = []
+    for i in range(args.jobs):
+        log = open(log_dir / f"worker-{i}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "slimpipe.pipeline.cli", "join", str(out)],
+                                       stdout=log, stderr=subprocess.STDOUT), log))
+    print(f"[slimpipe] search: {args.jobs} workers ({threads} threads each) take trials from the study; "
+          f"their output: {log_dir}")
+    codes = []
+    for proc, log in procs:
+        codes.append(proc.wait())
+        log.close()
+    if any(codes):
+        print(f"[slimpipe] search: workers exited with codes {codes}; see {log_dir}")
+    return {"reused_trials": None, "retried": None, "failed": None, "ran": None, "seconds_per_trial": None,
+            "workers": args.jobs, "worker_exit_codes": codes, "threads_per_worker": threads}
+
+
+def join_search(out: Path) -> tuple[list[str], int | None]:
+    """The command line and thread count of the search running in `out` (for `slimpipe join`)."""
+    path = Path(out) / SEARCH_DIR / JOB_FILE
+    if not path.is_file():
+        raise ConfigError(f"no search is running in {out} (no {SEARCH_DIR}/{JOB_FILE}): start one with "
+                          "`slimpipe compress --recipe auto --out OUT`, or check the folder")
+    job = json.loads(path.read_text())
+    argv = list(job["argv"])
+    argv = [a for i, a in enumerate(argv) if a != "--jobs" and (i == 0 or argv[i - 1] != "--jobs")]
+    argv += ["--out", str(out)]
+    if job.get("storage"):
+        argv += ["--storage", job["storage"]]
+    return argv, job.get("threads")
 
 
 # -- phases ------------------------------------------------------------------------------------
@@ -161,12 +233,12 @@ def _prepare(args, registry) -> dict[str, Any]:
     return {"prep": prep, "out": prep.out, "search_data": search_data}
 
 
-def _baseline(env, args, registry, fit_path: Path):
+def _baseline(env, args, registry, *, clear: bool = True):
     """Run the train step into OUT (what the final run reuses); the trained artifact and context."""
     from slimpipe.pipeline.compress import start_run
     from slimpipe.pipeline.runner import run_recipe
 
-    ctx, source, log = start_run(args, env["prep"])
+    ctx, source, log = start_run(args, env["prep"], clear=clear)
     run_recipe(env["prep"].recipe, source, ctx, cache=not args.no_cache, log=log)
     return ctx.find(ctx.baseline), ctx
 
@@ -294,9 +366,13 @@ def _dumps(data: Mapping[str, Any]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    tomllib.loads(text)  # what we write must read back
+    _write_atomic_text(path, text)
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
     from slimpipe.pipeline.atomic import write_text_atomic
 
-    tomllib.loads(text)  # what we write must read back
     write_text_atomic(path, text)
 
 

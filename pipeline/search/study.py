@@ -1,5 +1,7 @@
-"""The search's Optuna study: stored in a journal file, so a killed search resumes and a second run
-with the same settings reuses every finished trial.
+"""The search's Optuna study: stored in a journal file (or any Optuna storage URL), so a killed
+search resumes, a second run with the same settings reuses every finished trial, and several
+worker processes, on one machine or on many with a shared folder or database, take trials from
+one study.
 
 >>> study = open_study(out / "search", name="auto-size-1a2b3c", seed=0, trials=12)
 >>> run_trials(study, SPACES["size"], run_one, trials=12, budget_s=1800, log=print)
@@ -12,6 +14,9 @@ settings are tried again first (its finished steps come back from the runner's c
 from __future__ import annotations
 
 import math
+import os
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,13 +24,60 @@ from typing import Any, Callable
 from slimpipe.pipeline.errors import SlimpipeError
 
 STUDY_FILE = "study.log"
+STALE_S = 180.0  # a heartbeat older than this: the worker is gone
+BEAT_S = 15.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Heartbeat:
+    """Touch FOLDER/workers/HOST-PID every BEAT_S seconds while the `with` block runs."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "workers" / worker_id()
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self):
+        while not self._stop.wait(BEAT_S):
+            self.path.touch()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(folder: Path, worker: str | None) -> bool:
+    """Whether the worker that owns a running trial is still there."""
+    if not worker:
+        return False
+    host, _, pid = worker.rpartition("-")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        except PermissionError:
+            return True
+        return True
+    beat = folder / "workers" / worker
+    return beat.exists() and time.time() - beat.stat().st_mtime < STALE_S
 
 
 def _constraints(trial) -> list[float]:
     return list(trial.user_attrs.get("constraint", [math.inf]))
 
 
-def open_study(folder: Path, *, name: str, seed: int, trials: int):
+def open_study(folder: Path, *, name: str, seed: int, trials: int, storage: str | None = None):
+    """The study `name` in `storage` (an Optuna storage URL), or in FOLDER/study.log."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -35,23 +87,36 @@ def open_study(folder: Path, *, name: str, seed: int, trials: int):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     folder.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
+    if storage is None:
+        storage = JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(5, trials // 3)),
                                          multivariate=True, constraints_func=_constraints)
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                direction="minimize", load_if_exists=True)
 
 
-def recover(study) -> int:
-    """Mark trials left running by a killed search failed and queue their settings again."""
+def recover(study, folder: Path) -> int:
+    """Mark trials left running by a worker that is gone failed and queue their settings again."""
     from optuna.trial import TrialState
 
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if not _alive(folder, t.user_attrs.get("worker"))]
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         if trial.params:
             study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
     return len(stale)
+
+
+def wait_idle(study, folder: Path, *, poll_s: float = 5.0) -> None:
+    """Return once no trial is running (trials of workers that are gone are failed and queued)."""
+    from optuna.trial import TrialState
+
+    while True:
+        recover(study, folder)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(poll_s)
 
 
 def finished(study) -> list:
@@ -61,18 +126,22 @@ def finished(study) -> list:
 
 
 def run_trials(study, space, run_one: Callable[[int, dict[str, Any]], Any], *, trials: int,
-               max_drop: float, budget_s: float | None, started: float,
+               max_drop: float, budget_s: float | None, started: float, folder: Path,
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run trials until `trials` have finished in the study (earlier runs' count) or no trial fits
-    in the time left; returns what happened."""
+    """Run trials until `trials` have finished or are running in the study (other workers' and
+    earlier runs' count) or no trial fits in the time left; returns what happened here."""
     from optuna.trial import TrialState
 
-    retried = recover(study)
+    retried = recover(study, folder)
     if not study.trials:
         study.enqueue_trial(dict(space.start))
     seconds, attempts, failed = [], 0, 0
     reused = len(finished(study))
-    while len(finished(study)) < trials and attempts < 2 * trials:
+    while attempts < 2 * trials:
+        retried += recover(study, folder)
+        taken = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if len(taken) >= trials:
+            break
         spent = time.perf_counter() - started
         expected = sum(seconds) / len(seconds) if seconds else 0.0
         if budget_s is not None and spent + expected > budget_s:
@@ -81,6 +150,7 @@ def run_trials(study, space, run_one: Callable[[int, dict[str, Any]], Any], *, t
             break
         attempts += 1
         trial = study.ask()
+        trial.set_user_attr("worker", worker_id())
         params = space.suggest(trial)
         t0 = time.perf_counter()
         try:
@@ -111,6 +181,7 @@ def trial_records(study) -> list[dict[str, Any]]:
     for t in finished(study):
         score = t.user_attrs.get("score") or {}
         out.append({"number": t.number, "params": dict(t.params), "seconds": t.user_attrs.get("seconds"),
+                    "worker": t.user_attrs.get("worker"),
                     **{k: score.get(k) for k in ("file", "cost", "drop", "feasible", "accuracy",
                                                  "baseline_accuracy", "bytes", "gzip_bytes",
                                                  "size_ratio", "latency_ratio", "points")}})

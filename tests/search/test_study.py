@@ -21,11 +21,11 @@ def test_trials_are_stored_and_a_second_run_reuses_them(tmp_path):
         return fake_score(params["sparsity"], 0.0 if params["sparsity"] < 0.8 else 1.0)
 
     study = open_study(tmp_path, name="s", seed=0, trials=4)
-    stats = run_trials(study, SPACES["size"], run_one, trials=3, max_drop=0.5, budget_s=None, started=0, log=print)
+    stats = run_trials(study, SPACES["size"], run_one, trials=3, max_drop=0.5, budget_s=None, started=0, folder=tmp_path, log=print)
     assert stats["ran"] == 3 and len(finished(study)) == 3
     assert seen[0] == SPACES["size"].start  # the search starts from a known good point
     again = open_study(tmp_path, name="s", seed=0, trials=4)
-    stats = run_trials(again, SPACES["size"], run_one, trials=4, max_drop=0.5, budget_s=None, started=0, log=print)
+    stats = run_trials(again, SPACES["size"], run_one, trials=4, max_drop=0.5, budget_s=None, started=0, folder=tmp_path, log=print)
     assert stats == {**stats, "reused_trials": 3, "ran": 1}
     assert sorted(t.number for t in finished(again)) == [0, 1, 2, 3]
     assert all(t.user_attrs["constraint"][0] == (-0.5 if t.params["sparsity"] < 0.8 else 0.5)
@@ -37,17 +37,17 @@ def test_a_trial_left_running_is_retried_with_its_settings(tmp_path):
     trial = study.ask()
     params = SPACES["size"].suggest(trial)  # the process dies here: the trial stays RUNNING
     again = open_study(tmp_path, name="s", seed=0, trials=3)
-    assert recover(again) == 1
+    assert recover(again, tmp_path) == 1
     got = []
     run_trials(again, SPACES["size"], lambda n, p: got.append(p) or fake_score(0.1, 0.0), trials=1,
-               max_drop=0.5, budget_s=None, started=0, log=print)
+               max_drop=0.5, budget_s=None, started=0, folder=tmp_path, log=print)
     assert got == [params]
 
 
 def test_no_trial_starts_after_the_time_budget(tmp_path):
     study = open_study(tmp_path, name="s", seed=0, trials=3)
     stats = run_trials(study, SPACES["size"], lambda n, p: pytest.fail("ran"), trials=3, max_drop=0.5,
-                       budget_s=10, started=-100.0, log=print)
+                       budget_s=10, started=-100.0, folder=tmp_path, log=print)
     assert stats["ran"] == 0 and not study.trials[1:]
 
 
@@ -61,3 +61,37 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+def _workers(tmp_path, trials, *modes):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.search.fake_worker", str(tmp_path), str(trials), m])
+             for m in modes]
+    return [p.wait(timeout=120) for p in procs]
+
+
+def test_two_workers_share_one_study(tmp_path):
+    from slimpipe.pipeline.search.study import best, trial_records
+
+    assert _workers(tmp_path, 8, "run", "run") == [0, 0]
+    study = open_study(tmp_path, name="shared", seed=0, trials=8)
+    done = finished(study)
+    assert len(done) == 8 and len({t.number for t in done}) == 8  # the count, numbers unique
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers ran trials
+    assert not (tmp_path / "workers").exists() or not any((tmp_path / "workers").iterdir())
+    chosen = best(trial_records(study))
+    assert chosen["feasible"] and chosen["params"]["sparsity"] < 0.9
+
+
+def test_a_killed_workers_trial_is_retried_by_another(tmp_path):
+    assert _workers(tmp_path, 3, "die") == [9]
+    lost = int((tmp_path / "died").read_text())
+    assert _workers(tmp_path, 3, "run") == [0]
+    study = open_study(tmp_path, name="shared", seed=0, trials=3)
+    trials = {t.number: t for t in study.trials}
+    assert trials[lost].state.name == "FAIL"
+    retry = [t for t in finished(study) if t.user_attrs.get("retry_of") == lost]
+    assert len(retry) == 1 and retry[0].params == trials[lost].params
+    assert len(finished(study)) == 3
