@@ -26,6 +26,7 @@ TRIALS ?=
 TIME_BUDGET ?=
 VALIDATION ?=
 TRIAL_EPOCHS ?=
+JOBS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
@@ -37,7 +38,7 @@ ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 	$(if $(TASK),--task $(TASK)) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) \
 	$(if $(OBJECTIVE),--objective $(OBJECTIVE)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(VALIDATION),--validation $(VALIDATION)) \
-	$(if $(TRIAL_EPOCHS),--trial-epochs $(TRIAL_EPOCHS))
+	$(if $(TRIAL_EPOCHS),--trial-epochs $(TRIAL_EPOCHS)) $(if $(JOBS),--jobs $(JOBS))
 
 REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
 GATE_ARGS ?=

@@ -96,6 +96,10 @@ def _add_search_options(c) -> None:
     g.add_argument("--trial-epochs", type=int, default=None, metavar="N",
                    help="fine-tuning epochs of a trial's pruning step (default 2; the chosen recipe "
                         "runs 14): more costs time and ranks trials closer to the final run")
+    g.add_argument("--trial-slack", type=float, default=None, metavar="POINTS",
+                   help="points a trial's file may lose beyond --max-drop and still count (default: "
+                        "--max-drop): trials fine-tune briefly and understate the final run, whose "
+                        "files are chosen on the validation split within --max-drop itself")
     g.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="N worker processes on this machine take trials from the study (default 1); "
                         "`slimpipe join OUT` adds one on another machine")
@@ -108,7 +112,7 @@ def _add_search_options(c) -> None:
 
 def _search_args(args) -> None:
     """Fill the search options' defaults for --recipe auto; refuse them without it."""
-    given = [k for k in (*SEARCH_DEFAULTS, "time_budget", "storage") if getattr(args, k, None) is not None]
+    given = [k for k in (*SEARCH_DEFAULTS, "time_budget", "storage", "trial_slack") if getattr(args, k, None) is not None]
     if args.recipe != "auto":
         if given:
             flag = "--" + given[0].replace("_", "-")
@@ -117,6 +121,8 @@ def _search_args(args) -> None:
     for key, value in SEARCH_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.trial_slack is None:
+        args.trial_slack = args.max_drop
     args.time_budget_text = next((a for a in args.argv if a.startswith("--time-budget")), "")
 
 

@@ -135,14 +135,14 @@ def write_reports(ctx, recipe, out: Path, args) -> None:
     report = build_report(ctx, recipe=recipe.name, environment=environment(), run=run_record(args.argv))
     search = getattr(args, "search_record", None)
     if search is not None:
-        from slimpipe.pipeline.search.driver import search_verdict
+        from slimpipe.pipeline.search.driver import final_choice
 
         phases = dict(args.search_phases)
         started = phases.pop("started")
         phases["final"] = round(sum(t["seconds"] for t in ctx.stage_timings), 1)
         phases["total"] = round(time.perf_counter() - started, 1)
         report["search"] = {**search, "phases_s": phases}
-        report["search"]["verdict"] = search_verdict(report, search)
+        report["search"]["verdict"] = final_choice(report, search, args.search_data, out)
     if ctx.keras3 is not None:
         report["keras3_files"] = keras3_files(ctx.artifacts, out)
     images = write_plots(report, out)

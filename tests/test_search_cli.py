@@ -63,9 +63,13 @@ def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp
     chosen = s["chosen"]
     names = {r["name"]: r for r in rep["artifacts"]}
     assert chosen["file"] in names and chosen["feasible"]
-    assert s["verdict"]["met"] and s["verdict"]["file"] == chosen["file"]
+    verdict = s["verdict"]
+    assert verdict["met"] and verdict["file"] in names and names[verdict["file"]]["format"] == "tflite"
     base = names[rep["baseline"]]["accuracy"]
-    assert s["verdict"]["test_drop"] == pytest.approx((base - names[chosen["file"]]["accuracy"]) * 100, abs=1e-3)
+    assert verdict["test_drop"] == pytest.approx((base - names[verdict["file"]]["accuracy"]) * 100, abs=1e-3)
+    val = verdict["validation_accuracy"]  # every final TFLite file and the baseline, on the validation split
+    assert rep["baseline"] in val and verdict["file"] in val
+    assert verdict["validation_drop"] == pytest.approx((val[rep["baseline"]] - val[verdict["file"]]) * 100, abs=1e-3)
     md = (out / "report.md").read_text()
     assert "## Budget search" in md and "## Sensitivity" in md
     assert (out / "search_front.png").stat().st_size > 0 and (out / "sensitivity.png").stat().st_size > 0
@@ -80,7 +84,7 @@ def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp
                  str(out / "chosen.toml"), "--out", str(again)]) == 0
     rerun = {r["name"]: r for r in report(again)["artifacts"]}
     assert "search" not in report(again)
-    for name in (chosen["file"], "trained.tflite"):
+    for name in (verdict["file"], "trained.tflite"):
         assert rerun[name]["sha256"] == names[name]["sha256"], name
 
     assert search(data_npz, out, trials=2) == 0  # the same settings: the study's trial is reused
@@ -110,11 +114,12 @@ def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz,
     assert rc == 1
     s = report(out)["search"]
     assert not s["chosen"]["feasible"] and not s["verdict"]["met"]
-    assert "no trial was within 0 points" in s["verdict"]["text"]
+    assert "no file of the final run was within 0 points on the validation split" in s["verdict"]["text"]
+    assert s["verdict"]["validation_drop"] > 0
     assert (out / "chosen.toml").is_file()
-    [row] = [r for r in report(out)["artifacts"] if r["name"] == s["chosen"]["file"]]
+    [row] = [r for r in report(out)["artifacts"] if r["name"] == s["verdict"]["file"]]
     assert (out / row["path"]).is_file()
-    assert "no trial was within 0 points" in capsys.readouterr().out
+    assert "no file of the final run was within 0 points" in capsys.readouterr().out
 
 
 @needs_fashion
@@ -144,6 +149,7 @@ def test_join_needs_a_running_search(tmp_path, capsys):
     (["--time-budget", "0m"], "--time-budget must be longer than zero"),
     (["--validation", "1"], "--validation must be a fraction"),
     (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--trial-slack", "-1"], "--trial-slack must be between 0 and 100"),
 ])
 def test_bad_search_options(data_npz, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"

@@ -52,6 +52,9 @@ def search_sections(report: Report, plots: set[str] = frozenset()) -> list[Secti
              f"Chosen: trial {chosen.get('number')} ({_settings(chosen.get('params') or {})}), "
              f"{code(chosen.get('file') or '-').value} at {fmt_num(None if chosen.get('drop') is None else -chosen['drop'], '+.2f')} points on validation; "
              f"run again with the full schedule as {code(search.get('recipe', 'chosen.toml')).value}",
+             f"Trials counted a file within {fmt_num(search.get('trial_budget'), 'g')} points (the budget plus "
+             "--trial-slack: their short fine-tuning understates the final run); the final run's TFLite "
+             "files were scored on the validation split and the best within the budget there is the answer",
              f"Verdict: {verdict.get('text', '-')}"]
     on_front = {(n, f) for n, f, _, _ in front(search)}
     rows = []
