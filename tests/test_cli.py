@@ -14,6 +14,19 @@ FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fashion = pytest.mark.skipif(not FASHION.exists() and not os.environ.get("SLIMPIPE_DATA_DIR"),
                                    reason="Fashion-MNIST not installed (make test installs it)")
 
+
+
+def fashion_slice(path: Path, train: int, test: int = 128) -> Path:
+    """An .npz of `train` training and `test` test images of the real Fashion-MNIST, as uint8."""
+    from slimpipe.pipeline.data import load_dataset
+
+    ds = load_dataset("fashion_mnist", limit=train)
+    to_uint8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)  # noqa: E731
+    np.savez(path, x_train=to_uint8(ds.x_train), y_train=ds.y_train, x_test=to_uint8(ds.x_test[:test]),
+             y_test=ds.y_test[:test], labels=np.array(ds.labels))
+    return path
+
+
 QUICK = """
 name = "quick"
 [[stages]]

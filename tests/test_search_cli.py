@@ -3,14 +3,12 @@ per training stage (the point is the mechanics, not the accuracy), its chosen re
 a search, a resumed study, the best-so-far path when no trial is within the budget, and bad input."""
 import json
 
-import numpy as np
 import pytest
 
 from slimpipe.pipeline.cli import main
-from slimpipe.pipeline.data import load_dataset
 from slimpipe.pipeline.recipe import load_recipe
 from slimpipe.stages import STAGES
-from tests.test_cli import needs_fashion
+from tests.test_cli import fashion_slice, needs_fashion
 
 FAST = ["train.epochs=1", "prune.epochs=1", "structured_prune.final_epochs=1", "quantize.epochs=1",
         "quantize.min_agreement=0", "quantize.parity_samples=32", "quantize.representative_samples=32",
@@ -27,12 +25,7 @@ def quiet(monkeypatch):
 @pytest.fixture(scope="module")
 def data_npz(tmp_path_factory):
     """480 training and 128 test images of the real Fashion-MNIST."""
-    ds = load_dataset("fashion_mnist", limit=480)
-    path = tmp_path_factory.mktemp("data") / "fashion_slice.npz"
-    to_uint8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)  # noqa: E731
-    np.savez(path, x_train=to_uint8(ds.x_train), y_train=ds.y_train, x_test=to_uint8(ds.x_test[:128]),
-             y_test=ds.y_test[:128], labels=np.array(ds.labels))
-    return path
+    return fashion_slice(tmp_path_factory.mktemp("data") / "fashion_slice.npz", 480)
 
 
 def search(data_npz, out, *extra, objective="size", trials=1, max_drop="100", sets=()):

@@ -11,7 +11,7 @@ from slimpipe.pipeline.cli import main
 from slimpipe.pipeline.data import load_dataset
 from slimpipe.pipeline.recipe import load_recipe, shipped_recipes
 from slimpipe.stages import STAGES
-from tests.test_cli import needs_fashion
+from tests.test_cli import fashion_slice, needs_fashion
 
 # One epoch everywhere, one structured round, tiny benchmark and parity settings; int8 files of a
 # model trained for one epoch on 256 images may disagree with it, so agreement is not enforced.
@@ -36,12 +36,7 @@ def quiet(monkeypatch):
 @pytest.fixture(scope="module")
 def slice_npz(tmp_path_factory):
     """256 training and 128 test images of the real Fashion-MNIST."""
-    ds = load_dataset("fashion_mnist", limit=256)
-    path = tmp_path_factory.mktemp("data") / "fashion_slice.npz"
-    to_uint8 = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)  # noqa: E731
-    np.savez(path, x_train=to_uint8(ds.x_train), y_train=ds.y_train, x_test=to_uint8(ds.x_test[:128]),
-             y_test=ds.y_test[:128], labels=np.array(ds.labels))
-    return path
+    return fashion_slice(tmp_path_factory.mktemp("data") / "fashion_slice.npz", 256)
 
 
 def unusual_model():
