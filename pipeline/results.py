@@ -153,7 +153,21 @@ def stamp_lines(run: Run) -> list[str]:
             f"- CPU: {env.get('cpu') or missing}, {env.get('cores') or '?'} cores; ISA flags: "
             f"{', '.join(env.get('isa') or []) or missing}; GPU: {', '.join(env.get('gpu') or []) or 'none'}",
             "- Tools: " + (", ".join(f"{k} {v}" for k, v in versions.items() if v) or missing),
-            f"- Report: `{run.source}`"]
+            f"- Report: `{run.source}`", *search_lines(report)]
+
+
+def search_lines(report: Mapping[str, Any]) -> list[str]:
+    """For a budget search (`--recipe auto`): its settings, time per phase and verdict."""
+    search = report.get("search")
+    if not search:
+        return []
+    phases = search.get("phases_s") or {}
+    chosen = search.get("chosen") or {}
+    return [f"- Budget search: objective {search.get('objective')}, at most {search.get('max_drop')} points, "
+            f"{len(search.get('trials') or [])} trials; chosen trial {chosen.get('number')} "
+            f"({', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in (chosen.get('params') or {}).items())})",
+            "- Seconds per phase: " + ", ".join(f"{k} {v:,.0f}" for k, v in phases.items()),
+            f"- Verdict: {(search.get('verdict') or {}).get('text', 'none')}"]
 
 
 def run_section(run: Run, **options) -> list[str]:

@@ -197,3 +197,17 @@ def test_results_of_a_real_run_match_its_report(tmp_path, monkeypatch):
     assert cells[1].startswith("dense baseline") and cells[3] == f"{dense['bytes']:,}"
     assert cells[8] == f"{dense['accuracy']:.2%}"
     assert cells[10].startswith(f"{dense['latency'][0]['p50_ms']:.4f} (litert")
+
+
+def test_a_budget_search_says_what_it_chose_and_its_verdict():
+    report = make_report()
+    assert "Budget search" not in render_results([Run("runs/default", report)])
+    report["search"] = {"objective": "size", "max_drop": 0.5, "trials": [{}, {}, {}],
+                        "chosen": {"number": 2, "params": {"sparsity": 0.9123, "quant": "pcqat"}},
+                        "phases_s": {"baseline": 250.0, "trials": 1100.4, "final": 400.0},
+                        "verdict": {"text": "within the budget of 0.5 points: x.tflite, ..."}}
+    text = render_results([Run("runs/auto", report)])
+    assert ("- Budget search: objective size, at most 0.5 points, 3 trials; chosen trial 2 "
+            "(sparsity 0.912, quant pcqat)") in text
+    assert "- Seconds per phase: baseline 250, trials 1,100, final 400" in text
+    assert "- Verdict: within the budget of 0.5 points: x.tflite, ..." in text
