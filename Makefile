@@ -27,6 +27,7 @@ TIME_BUDGET ?=
 VALIDATION ?=
 TRIAL_EPOCHS ?=
 JOBS ?=
+TRIAL_SLACK ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
@@ -38,7 +39,8 @@ ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 	$(if $(TASK),--task $(TASK)) $(if $(MAX_DROP),--max-drop $(MAX_DROP)) \
 	$(if $(OBJECTIVE),--objective $(OBJECTIVE)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(VALIDATION),--validation $(VALIDATION)) \
-	$(if $(TRIAL_EPOCHS),--trial-epochs $(TRIAL_EPOCHS)) $(if $(JOBS),--jobs $(JOBS))
+	$(if $(TRIAL_EPOCHS),--trial-epochs $(TRIAL_EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) \
+	$(if $(TRIAL_SLACK),--trial-slack $(TRIAL_SLACK))
 
 REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
 GATE_ARGS ?=
