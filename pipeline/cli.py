@@ -218,7 +218,8 @@ def _join(args) -> int:
     """`slimpipe join OUT`: run trials of the search in OUT with the command line it was started with."""
     from pathlib import Path
 
-    from slimpipe.pipeline.search.driver import join_search, run_search
+    from slimpipe.pipeline.search.driver import run_search
+    from slimpipe.pipeline.search.workers import join_search
     from slimpipe.stages import STAGES
 
     argv, threads = join_search(Path(args.out))

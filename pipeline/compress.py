@@ -135,7 +135,7 @@ def write_reports(ctx, recipe, out: Path, args) -> None:
     report = build_report(ctx, recipe=recipe.name, environment=environment(), run=run_record(args.argv))
     search = getattr(args, "search_record", None)
     if search is not None:
-        from slimpipe.pipeline.search.driver import final_choice
+        from slimpipe.pipeline.search.final import final_choice
 
         phases = dict(args.search_phases)
         started = phases.pop("started")

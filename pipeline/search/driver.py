@@ -20,19 +20,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
 import re
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.search.space import FULL, OBJECTIVES, SPACES, TRIAL, name_steps
-
-SEARCH_DIR = "search"
+from slimpipe.pipeline.search.workers import JOB_FILE, SEARCH_DIR, run_workers, write_job
 SPACE_VERSION = 1  # part of the study's name: a change to what trials do starts a new study
 
 
@@ -80,15 +81,67 @@ def baseline_step(epochs: int | None) -> dict[str, Any]:
     return step
 
 
+@dataclass
+class Setup:
+    """What the phases before the trials leave: the search's folder, data, baseline and table."""
+
+    out: Path
+    search_dir: Path
+    train: dict[str, Any]
+    trained: Any  # the baseline's artifact
+    model: Any  # the baseline (tf_keras)
+    search_data: Any
+    table: dict[str, Any]
+    phases: dict[str, float]
+    started: float
+
+
 def run_search(args, registry: Mapping[str, type], *, worker: bool = False) -> int:
     """The whole search (see the module's docstring); with `worker` (`slimpipe join OUT`), only
     trials of the running search in OUT: the chief chooses and runs the final recipe."""
-    from slimpipe.pipeline.compress import compress
+    from slimpipe.pipeline.search.study import Heartbeat, open_study, run_trials, seed_study, wait_idle
 
     check_options(args)
+    setup = _setup(args, registry, worker=worker)
+    space, search_dir = SPACES[args.objective], setup.search_dir
+    settings = {"objective": args.objective, "max_drop": args.max_drop, "seed": args.seed,
+                "trial_epochs": args.trial_epochs, "trial_slack": args.trial_slack,
+                "validation": args.validation, "baseline": setup.trained.sha256, "version": SPACE_VERSION,
+                "overrides": args.set}
+    name = f"auto-{args.objective}-{_digest(settings)[:12]}"
+    study = open_study(search_dir, name=name, seed=args.seed, trials=args.trials, storage=args.storage)
+    t0 = time.perf_counter()
+    trial_budget = args.max_drop + args.trial_slack
+
+    def run_one(number: int, params: dict[str, Any]):
+        return _trial(number, params, setup, space, trial_budget, args, registry)
+
+    def trials_here() -> dict[str, Any]:
+        with Heartbeat(search_dir):
+            return run_trials(study, space, run_one, trials=args.trials, max_drop=trial_budget,
+                              budget_s=args.time_budget, started=setup.started, folder=search_dir, log=print)
+
+    if worker:
+        stats = trials_here()
+        print(f"[slimpipe] search: this worker ran {stats['ran']} trials; the chief chooses the result")
+        return 0
+    seed_study(study, space)
+    if args.jobs > 1:
+        stats = run_workers(args, setup.out, search_dir, name)
+    else:
+        write_job(args, search_dir, name)
+        stats = trials_here()
+    wait_idle(study, search_dir)  # trials of workers that joined from elsewhere finish first
+    setup.phases["trials"] = time.perf_counter() - t0
+    record = {"objective": args.objective, "max_drop": args.max_drop, "trial_budget": trial_budget, "study": name,
+              "storage": args.storage or str(Path(SEARCH_DIR) / "study.log"), "trials_requested": args.trials,
+              "jobs": args.jobs, "time_budget_s": args.time_budget, "stats": stats}
+    return _final(args, registry, setup, study, record)
+
+
+def _setup(args, registry, *, worker: bool) -> Setup:
+    """The validation split, the baseline (into OUT, for the final run) and the sensitivity table."""
     started = time.perf_counter()
-    phases: dict[str, float] = {}
-    space = SPACES[args.objective]
     train = _with_overrides([baseline_step(args.epochs)], args, registry)[0]
     fit = _fit_recipe(train, args.validation)
     base_args = _with_recipe(args, fit)
@@ -101,132 +154,53 @@ def run_search(args, registry: Mapping[str, type], *, worker: bool = False) -> i
                           "finished (join once the chief prints 'search: trial'), or the folder is wrong")
     search_dir.mkdir(parents=True, exist_ok=True)
     (search_dir / "baseline.toml").write_text(_dumps(fit))
-
+    phases = {}
     t0 = time.perf_counter()
     trained, fit_ctx = _baseline(env, base_args, registry, clear=not worker)
     phases["baseline"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    search_data = env["search_data"]
-    table = _sensitivity(trained, fit_ctx, search_data, search_dir / "base", args, registry)
+    table = _sensitivity(trained, fit_ctx, env["search_data"], search_dir / "base", args, registry)
     phases["sensitivity"] = time.perf_counter() - t0
+    return Setup(out, search_dir, train, trained, fit_ctx.keras_model(trained), env["search_data"], table,
+                 phases, started)
 
-    from slimpipe.pipeline.search.study import (Heartbeat, best, open_study, run_trials, trial_records,
-                                                wait_idle)
 
-    settings = {"objective": args.objective, "max_drop": args.max_drop, "seed": args.seed,
-                "trial_epochs": args.trial_epochs, "trial_slack": args.trial_slack,
-                "validation": args.validation, "baseline": trained.sha256, "version": SPACE_VERSION,
-                "overrides": args.set}
-    name = f"auto-{args.objective}-{_digest(settings)[:12]}"
-    study = open_study(search_dir, name=name, seed=args.seed, trials=args.trials, storage=args.storage)
-    t0 = time.perf_counter()
-    model = fit_ctx.keras_model(trained)
-    # A layer keeps more clusters where clustering it alone costs more than half the budget, or
-    # more than three of the analysed examples (below that, the table cannot tell).
-    tolerance = max(args.max_drop / 2, 300 / table["examples"])
-    trial_budget = args.max_drop + args.trial_slack
+def _tolerance(args, table) -> float:
+    """A layer keeps more clusters where clustering it alone costs more than half the budget, or
+    more than three of the analysed examples (below that, the table cannot tell)."""
+    return max(args.max_drop / 2, 300 / table["examples"])
 
-    def run_one(number: int, params: dict[str, Any]):
-        return _trial(number, params, model, trained, search_data, search_dir, space, table, tolerance,
-                      trial_budget, args, registry)
 
-    def trials_here() -> dict[str, Any]:
-        with Heartbeat(search_dir):
-            return run_trials(study, space, run_one, trials=args.trials, max_drop=trial_budget,
-                              budget_s=args.time_budget, started=started, folder=search_dir, log=print)
+def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
+    """Write the best trial's recipe with the full schedule as OUT/chosen.toml and run it."""
+    from slimpipe.pipeline.compress import compress
+    from slimpipe.pipeline.search.study import best, trial_records
 
-    if worker:
-        stats = trials_here()
-        print(f"[slimpipe] search: this worker ran {stats['ran']} trials; the chief chooses the result")
-        return 0
-    if args.jobs > 1:
-        stats = _run_workers(args, out, search_dir, name)
-    else:
-        _write_job(args, search_dir, name)
-        stats = trials_here()
-    wait_idle(study, search_dir)  # trials of workers that joined from elsewhere finish first
-    phases["trials"] = time.perf_counter() - t0
     records = trial_records(study)
     chosen = best(records)
     if chosen is None:
-        raise ConfigError(f"no trial of the search finished ({stats['failed']} failed; see the messages above): "
-                          "fix what they say, or raise --trials / --time-budget")
-    steps = name_steps(space.steps(chosen["params"], table, schedule=FULL, tolerance=tolerance))
+        raise ConfigError(f"no trial of the search finished ({record['stats']['failed']} failed; see the "
+                          "messages above): fix what they say, or raise --trials / --time-budget")
+    space = SPACES[args.objective]
+    steps = name_steps(space.steps(chosen["params"], setup.table, schedule=FULL,
+                                   tolerance=_tolerance(args, setup.table)))
     recipe = {"name": "chosen", "description": _description(args, chosen), "validation": args.validation,
-              "stages": [train, *_with_overrides(steps, args, registry)],
+              "stages": [setup.train, *_with_overrides(steps, args, registry)],
               "gate": {"max_accuracy_drop": args.max_drop, "require_parity": True}}
-    chosen_path = out / "chosen.toml"
+    chosen_path = setup.out / "chosen.toml"
     _write_atomic(chosen_path, _header(args, chosen) + _dumps(recipe))
     print(f"[slimpipe] search: trial {chosen['number']} chosen ({_params_text(chosen['params'])}); "
           f"its recipe with the full schedule: {chosen_path}")
-
-    record = {"objective": args.objective, "max_drop": args.max_drop, "trial_budget": trial_budget, "study": name,
-              "storage": args.storage or str(Path(SEARCH_DIR) / "study.log"), "trials_requested": args.trials,
-              "jobs": args.jobs, "time_budget_s": args.time_budget,
-              "validation": search_data.details.get("validation"),
-              "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
-              "sensitivity": table, "trials": records, "chosen": chosen, "stats": stats,
-              "recipe": str(chosen_path.name)}
+    record.update({"validation": setup.search_data.details.get("validation"),
+                   "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
+                   "sensitivity": setup.table, "trials": records, "chosen": chosen,
+                   "recipe": str(chosen_path.name)})
     final_args = _with_path(args, chosen_path, argv=args.argv)
     final_args.search_record = record
-    final_args.search_data = search_data
-    final_args.search_phases = {**{k: round(v, 1) for k, v in phases.items()}, "started": started}
+    final_args.search_data = setup.search_data
+    final_args.search_phases = {**{k: round(v, 1) for k, v in setup.phases.items()}, "started": setup.started}
     compress(final_args, registry)
-    report = json.loads((out / "report.json").read_text())
-    return _verdict(report, out)
-
-
-JOB_FILE = "job.json"
-
-
-def _write_job(args, search_dir: Path, study: str) -> None:
-    """What `slimpipe join OUT` needs to run trials of this search."""
-    job = {"argv": [a for a in args.argv], "study": study, "storage": args.storage,
-           "threads": getattr(args, "job_threads", None)}
-    _write_atomic_text(search_dir / JOB_FILE, json.dumps(job, indent=1))
-
-
-def _run_workers(args, out: Path, search_dir: Path, study: str) -> dict[str, Any]:
-    """--jobs N: N local `slimpipe join OUT` processes, each with cores / N threads; waits for them."""
-    import os
-    import subprocess
-    import sys
-
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    args.job_threads = threads
-    _write_job(args, search_dir, study)
-    log_dir = search_dir / "workers-log"
-    log_dir.mkdir(exist_ok=True)
-    procs = []
-    for i in range(args.jobs):
-        log = open(log_dir / f"worker-{i}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "slimpipe.pipeline.cli", "join", str(out)],
-                                       stdout=log, stderr=subprocess.STDOUT), log))
-    print(f"[slimpipe] search: {args.jobs} workers ({threads} threads each) take trials from the study; "
-          f"their output: {log_dir}")
-    codes = []
-    for proc, log in procs:
-        codes.append(proc.wait())
-        log.close()
-    if any(codes):
-        print(f"[slimpipe] search: workers exited with codes {codes}; see {log_dir}")
-    return {"reused_trials": None, "retried": None, "failed": None, "ran": None, "seconds_per_trial": None,
-            "workers": args.jobs, "worker_exit_codes": codes, "threads_per_worker": threads}
-
-
-def join_search(out: Path) -> tuple[list[str], int | None]:
-    """The command line and thread count of the search running in `out` (for `slimpipe join`)."""
-    path = Path(out) / SEARCH_DIR / JOB_FILE
-    if not path.is_file():
-        raise ConfigError(f"no search is running in {out} (no {SEARCH_DIR}/{JOB_FILE}): start one with "
-                          "`slimpipe compress --recipe auto --out OUT`, or check the folder")
-    job = json.loads(path.read_text())
-    argv = list(job["argv"])
-    argv = [a for i, a in enumerate(argv) if a != "--jobs" and (i == 0 or argv[i - 1] != "--jobs")]
-    argv += ["--out", str(out)]
-    if job.get("storage"):
-        argv += ["--storage", job["storage"]]
-    return argv, job.get("threads")
+    return _verdict(json.loads((setup.out / "report.json").read_text()), setup.out)
 
 
 # -- phases ------------------------------------------------------------------------------------
@@ -264,30 +238,35 @@ def _sensitivity(trained, fit_ctx, search_data, folder: Path, args, registry) ->
     return ctx.measurements["sensitivity"]
 
 
-def _trial(number, params, model, trained, search_data, search_dir: Path, space, table, tolerance,
-           trial_budget, args, registry):
+def _trial(number, params, setup: Setup, space, trial_budget, args, registry):
+    from slimpipe.pipeline.recipe import build_recipe
+
+    schedule = TRIAL.with_epochs(args.trial_epochs)
+    steps = name_steps(space.steps(params, setup.table, schedule=schedule, tolerance=_tolerance(args, setup.table)))
+    steps = _with_overrides(steps, args, registry)
+    folder = setup.search_dir / "trials" / _digest({"steps": steps, "baseline": setup.trained.sha256})[:12]
+    recipe = build_recipe({"name": f"trial-{number}", "stages": steps}, registry)
+    print(f"[slimpipe] search: trial {number} ({_params_text(params)}) -> {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / ".lock"):  # a worker with the same settings waits, then reuses the steps
+        return _run_trial(number, steps, recipe, folder, setup, space, trial_budget, args)
+
+
+def _run_trial(number, steps, recipe, folder: Path, setup: Setup, space, trial_budget, args):
     import gc
 
     import tf_keras as keras
 
     from slimpipe.pipeline.context import RunContext
-    from slimpipe.pipeline.recipe import build_recipe
     from slimpipe.pipeline.report import build_report
     from slimpipe.pipeline.runner import run_recipe, save_source
     from slimpipe.pipeline.search.score import score
 
-    schedule = TRIAL.with_epochs(args.trial_epochs)
-    steps = name_steps(space.steps(params, table, schedule=schedule, tolerance=tolerance))
-    steps = _with_overrides(steps, args, registry)
-    folder = search_dir / "trials" / _digest({"steps": steps, "baseline": trained.sha256})[:12]
-    recipe = build_recipe({"name": f"trial-{number}", "stages": steps}, registry)
-    print(f"[slimpipe] search: trial {number} ({_params_text(params)}) -> {folder}")
     keras.utils.set_random_seed(args.seed)
-    ctx = RunContext(data=search_data, out_dir=folder, model_name=args.model, seed=args.seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(data=setup.search_data, out_dir=folder, model_name=args.model, seed=args.seed)
     (folder / "trial.toml").write_text(_dumps({"name": f"trial-{number}", "stages": steps}))
-    source = save_source(ctx, model, spec=f"{args.model} trained", width=args.width, trained=True,
-                         model_sha256=trained.sha256, cache=not args.no_cache)
+    source = save_source(ctx, setup.model, spec=f"{args.model} trained", width=args.width, trained=True,
+                         model_sha256=setup.trained.sha256, cache=not args.no_cache)
     run_recipe(recipe, source, ctx, cache=not args.no_cache, log=_quiet)
     result = score(build_report(ctx, recipe=recipe.name, environment={}), objective=space.cost,
                    max_drop=trial_budget)
@@ -299,59 +278,23 @@ def _trial(number, params, model, trained, search_data, search_dir: Path, space,
     return result
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (flock: one machine, or a filesystem that supports it)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _verdict(report: Mapping[str, Any], out: Path) -> int:
     verdict = report.get("search", {}).get("verdict") or {}
     print(f"[slimpipe] search: {verdict.get('text', 'no verdict')}")
     return 0 if verdict.get("met") else 1
-
-
-def final_choice(report: Mapping[str, Any], record: Mapping[str, Any], search_data, out: Path) -> dict[str, Any]:
-    """The deliverable of the final run, chosen on the validation split, with its test figures.
-
-    Trials fine-tune briefly, so their files rank settings but understate what the full
-    schedule reaches: every TFLite file of the final run (and the baseline) is scored on the
-    validation split, the best one within the budget there is the answer (`score`), and its
-    test-set accuracy is what the verdict reports."""
-    from slimpipe.benchmarks.accuracy import accuracy, predict_all
-    from slimpipe.benchmarks.runtimes import open_runtime
-    from slimpipe.pipeline.rows import EPS, deployable, reference_for
-    from slimpipe.pipeline.search.score import cost_of, score
-
-    rows = report["artifacts"]
-    x, y = search_data.x_test, search_data.y_test
-    val = {}
-    for r in rows:
-        if r["name"] == report.get("baseline") or (r["format"] == "tflite" and deployable(r)):
-            runtime = open_runtime(out / r["path"], r["format"], threads=0)
-            val[r["name"]] = accuracy(predict_all(runtime, x), y)
-    budget = record["max_drop"]
-    on_val = score({**report, "artifacts": [{**r, "accuracy": val.get(r["name"])} for r in rows]},
-                   objective=record["objective"], max_drop=budget)
-    byname = {r["name"]: r for r in rows}
-    row, base = byname.get(on_val.file), byname.get(report.get("baseline"))
-    ref = reference_for({"format": "tflite"}, rows, report.get("baseline"))
-    if row is None or base is None or ref is None or row.get("accuracy") is None:
-        return {"met": False, "file": on_val.file, "validation_accuracy": val,
-                "text": "not within the budget: the final run has no measured TFLite file to choose"}
-    drop = (base["accuracy"] - row["accuracy"]) * 100
-    cost, size, latency = cost_of(row, ref, record["objective"])
-    met = on_val.feasible and drop <= budget + EPS * 100
-    parts = ([f"{1 / size:.1f}x smaller by gzip"] if size else []) + (
-        [f"{1 / latency:.2f}x faster at p50"] if latency else [])
-    figures = (f"{', '.join(parts)} than the dense float TFLite file, {-drop:+.2f} points on the test set "
-               f"({-on_val.drop:+.2f} on the validation split)")
-    if met:
-        text = f"within the budget of {budget:g} points: {row['name']}, {figures}"
-    elif not on_val.feasible:
-        text = (f"not within the budget: no file of the final run was within {budget:g} points on the "
-                f"validation split; the closest missed it by {on_val.drop - budget:.2f} points: "
-                f"{row['name']}, {figures}")
-    else:
-        text = f"not within the budget on the test set, by {drop - budget:.2f} points: {row['name']}, {figures}"
-    return {"met": met, "file": row["name"], "test_drop": round(drop, 4), "test_accuracy": row["accuracy"],
-            "baseline_test_accuracy": base["accuracy"], "validation_drop": on_val.drop,
-            "validation_accuracy": val, "size_ratio": size, "latency_ratio": latency, "cost": cost,
-            "text": text}
 
 
 # -- recipes as data ---------------------------------------------------------------------------
@@ -387,13 +330,9 @@ def _dumps(data: Mapping[str, Any]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tomllib.loads(text)  # what we write must read back
-    _write_atomic_text(path, text)
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
     from slimpipe.pipeline.atomic import write_text_atomic
 
+    tomllib.loads(text)  # what we write must read back
     write_text_atomic(path, text)
 
 

@@ -108,6 +108,13 @@ def recover(study, folder: Path) -> int:
     return len(stale)
 
 
+def seed_study(study, space) -> None:
+    """Queue the objective's known good starting point in a new study (by the one process that
+    starts the search, before any worker runs: two workers would queue it twice)."""
+    if not study.trials:
+        study.enqueue_trial(dict(space.start))
+
+
 def wait_idle(study, folder: Path, *, poll_s: float = 5.0) -> None:
     """Return once no trial is running (trials of workers that are gone are failed and queued)."""
     from optuna.trial import TrialState
@@ -133,8 +140,6 @@ def run_trials(study, space, run_one: Callable[[int, dict[str, Any]], Any], *, t
     from optuna.trial import TrialState
 
     retried = recover(study, folder)
-    if not study.trials:
-        study.enqueue_trial(dict(space.start))
     seconds, attempts, failed = [], 0, 0
     reused = len(finished(study))
     while attempts < 2 * trials:

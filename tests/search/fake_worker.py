@@ -7,7 +7,7 @@ from pathlib import Path
 
 from slimpipe.pipeline.search.score import Score
 from slimpipe.pipeline.search.space import SPACES
-from slimpipe.pipeline.search.study import Heartbeat, open_study, run_trials
+from slimpipe.pipeline.search.study import Heartbeat, open_study, run_trials, seed_study
 
 
 def run_one(number, params):
@@ -20,6 +20,9 @@ def run_one(number, params):
 def main(folder: str, trials: str, mode: str) -> None:
     folder = Path(folder)
     study = open_study(folder, name="shared", seed=os.getpid(), trials=int(trials))
+    if mode == "seed":  # what the process that starts a search does before its workers run
+        seed_study(study, SPACES["size"])
+        return
     if mode == "die":  # take a trial, then vanish as a SIGKILL would leave it: running, unfinished
         trial = study.ask()
         trial.set_user_attr("worker", f"{__import__('socket').gethostname()}-{os.getpid()}")

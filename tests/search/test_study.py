@@ -6,7 +6,7 @@ import pytest
 from slimpipe.pipeline.search.driver import parse_duration
 from slimpipe.pipeline.search.space import SPACES
 from slimpipe.pipeline.search.score import Score
-from slimpipe.pipeline.search.study import finished, open_study, recover, run_trials
+from slimpipe.pipeline.search.study import finished, open_study, recover, run_trials, seed_study
 
 
 def fake_score(cost, drop):
@@ -21,6 +21,7 @@ def test_trials_are_stored_and_a_second_run_reuses_them(tmp_path):
         return fake_score(params["sparsity"], 0.0 if params["sparsity"] < 0.8 else 1.0)
 
     study = open_study(tmp_path, name="s", seed=0, trials=4)
+    seed_study(study, SPACES["size"])
     stats = run_trials(study, SPACES["size"], run_one, trials=3, max_drop=0.5, budget_s=None, started=0, folder=tmp_path, log=print)
     assert stats["ran"] == 3 and len(finished(study)) == 3
     assert seen[0] == SPACES["size"].start  # the search starts from a known good point
@@ -75,6 +76,7 @@ def _workers(tmp_path, trials, *modes):
 def test_two_workers_share_one_study(tmp_path):
     from slimpipe.pipeline.search.study import best, trial_records
 
+    assert _workers(tmp_path, 8, "seed") == [0]
     assert _workers(tmp_path, 8, "run", "run") == [0, 0]
     study = open_study(tmp_path, name="shared", seed=0, trials=8)
     done = finished(study)
@@ -83,6 +85,8 @@ def test_two_workers_share_one_study(tmp_path):
     assert not (tmp_path / "workers").exists() or not any((tmp_path / "workers").iterdir())
     chosen = best(trial_records(study))
     assert chosen["feasible"] and chosen["params"]["sparsity"] < 0.9
+    params = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(params)) == len(params)  # the starting point was queued once
 
 
 def test_a_killed_workers_trial_is_retried_by_another(tmp_path):
