@@ -91,10 +91,3 @@ def allocate_clusters(table: Table, clusters: int, *, tolerance: float) -> dict[
         fits = [k for k, d in above if d <= tolerance]
         out[row["name"]] = fits[0] if fits else max(k for k, _ in above)
     return out
-
-
-def int8_sensitive(table: Table, *, tolerance: float) -> list[str]:
-    """Layers that alone lose more than `tolerance` points to per-channel int8 weights."""
-    base = table["baseline_accuracy"]
-    return [r["name"] for r in table["layers"]
-            if r.get("int8") is not None and (base - r["int8"]) * 100 > tolerance]

@@ -1,8 +1,7 @@
 """Per-layer sparsity and cluster counts from a sensitivity table."""
 import pytest
 
-from slimpipe.pipeline.search.allocate import (allocate_clusters, allocate_sparsity, drops, int8_sensitive,
-                                               overall_sparsity)
+from slimpipe.pipeline.search.allocate import allocate_clusters, allocate_sparsity, drops, overall_sparsity
 
 
 def table():
@@ -56,7 +55,3 @@ def test_layers_that_lose_more_than_the_tolerance_keep_more_clusters():
     assert counts == {"stem": 64, "body": 16, "fc": 16, "logits": 64}
     assert allocate_clusters(table(), 16, tolerance=10) == {n: 16 for n in counts}
     assert allocate_clusters(table(), 64, tolerance=0.0) == {n: 64 for n in counts}
-
-
-def test_int8_sensitive_layers():
-    assert int8_sensitive(table(), tolerance=1.0) == ["fc"]
