@@ -158,6 +158,8 @@ def stamp_lines(run: Run) -> list[str]:
 
 def search_lines(report: Mapping[str, Any]) -> list[str]:
     """For a budget search (`--recipe auto`): its settings, time per phase and verdict."""
+    from slimpipe.pipeline.search.space import settings_text
+
     search = report.get("search")
     if not search:
         return []
@@ -165,7 +167,7 @@ def search_lines(report: Mapping[str, Any]) -> list[str]:
     chosen = search.get("chosen") or {}
     return [f"- Budget search: objective {search.get('objective')}, at most {search.get('max_drop')} points, "
             f"{len(search.get('trials') or [])} trials; chosen trial {chosen.get('number')} "
-            f"({', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in (chosen.get('params') or {}).items())})",
+            f"({settings_text(chosen.get('params') or {})})",
             "- Seconds per phase: " + ", ".join(f"{k} {v:,.0f}" for k, v in phases.items()),
             f"- Verdict: {(search.get('verdict') or {}).get('text', 'none')}"]
 

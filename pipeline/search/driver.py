@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.pipeline.search.space import FULL, OBJECTIVES, SPACES, TRIAL, name_steps
+from slimpipe.pipeline.search.space import FULL, OBJECTIVES, SPACES, TRIAL, name_steps, settings_text
 from slimpipe.pipeline.search.workers import JOB_FILE, SEARCH_DIR, run_workers, write_job
 SPACE_VERSION = 1  # part of the study's name: a change to what trials do starts a new study
 
@@ -189,7 +189,7 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
               "gate": {"max_accuracy_drop": args.max_drop, "require_parity": True}}
     chosen_path = setup.out / "chosen.toml"
     _write_atomic(chosen_path, _header(args, chosen) + _dumps(recipe))
-    print(f"[slimpipe] search: trial {chosen['number']} chosen ({_params_text(chosen['params'])}); "
+    print(f"[slimpipe] search: trial {chosen['number']} chosen ({settings_text(chosen['params'])}); "
           f"its recipe with the full schedule: {chosen_path}")
     record.update({"validation": setup.search_data.details.get("validation"),
                    "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
@@ -246,7 +246,7 @@ def _trial(number, params, setup: Setup, space, trial_budget, args, registry):
     steps = _with_overrides(steps, args, registry)
     folder = setup.search_dir / "trials" / _digest({"steps": steps, "baseline": setup.trained.sha256})[:12]
     recipe = build_recipe({"name": f"trial-{number}", "stages": steps}, registry)
-    print(f"[slimpipe] search: trial {number} ({_params_text(params)}) -> {folder}")
+    print(f"[slimpipe] search: trial {number} ({settings_text(params)}) -> {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / ".lock"):  # a worker with the same settings waits, then reuses the steps
         return _run_trial(number, steps, recipe, folder, setup, space, trial_budget, args)
@@ -339,18 +339,14 @@ def _write_atomic(path: Path, text: str) -> None:
 def _header(args, chosen) -> str:
     return (f"# Written by `slimpipe compress --recipe auto --objective {args.objective} --max-drop "
             f"{args.max_drop:g}` for model {args.model} on {args.dataset} (seed {args.seed}):\n"
-            f"# trial {chosen['number']} of the search, {_params_text(chosen['params'])}, with the full "
+            f"# trial {chosen['number']} of the search, {settings_text(chosen['params'])}, with the full "
             "fine-tuning schedule.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
             "(same --model, --dataset and --seed).\n\n")
 
 
 def _description(args, chosen) -> str:
     return (f"Found by a budget search ({args.objective}, at most {args.max_drop:g} points lost on a "
-            f"validation split): {_params_text(chosen['params'])}.")
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+            f"validation split): {settings_text(chosen['params'])}.")
 
 
 def _cost_text(objective: str, s) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from slimpipe.pipeline.document import Bullets, Cell, Figure, Figures, Paragraph, Section, Table, code
 from slimpipe.pipeline.pareto import pareto_front
 from slimpipe.pipeline.rows import fmt_bytes, fmt_num
+from slimpipe.pipeline.search.space import settings_text
 
 Report = Mapping[str, Any]
 TRIAL_HEAD = ["trial", "settings", "file", "validation accuracy", "Δ acc (pts)", "gzip bytes",
@@ -49,7 +50,7 @@ def search_sections(report: Report, plots: set[str] = frozenset()) -> list[Secti
              f"{fmt_num(stats.get('failed'))} failed, {fmt_num(stats.get('retried'))} retried after an interruption); "
              f"{fmt_num(stats.get('seconds_per_trial'))} s per trial run now",
              "Time per phase (s): " + ", ".join(f"{k} {fmt_num(v, ',.0f')}" for k, v in phases.items()),
-             f"Chosen: trial {chosen.get('number')} ({_settings(chosen.get('params') or {})}), "
+             f"Chosen: trial {chosen.get('number')} ({settings_text(chosen.get('params') or {})}), "
              f"{code(chosen.get('file') or '-').value} at {fmt_num(None if chosen.get('drop') is None else -chosen['drop'], '+.2f')} points on validation; "
              f"run again with the full schedule as {code(search.get('recipe', 'chosen.toml')).value}",
              f"Trials counted a file within {fmt_num(search.get('trial_budget'), 'g')} points (the budget plus "
@@ -60,7 +61,7 @@ def search_sections(report: Report, plots: set[str] = frozenset()) -> list[Secti
     rows = []
     for t in sorted(search.get("trials", []), key=lambda t: t["number"]):
         mark = t["number"] == chosen.get("number")
-        rows.append([Cell(str(t["number"]), "strong") if mark else str(t["number"]), _settings(t["params"]),
+        rows.append([Cell(str(t["number"]), "strong") if mark else str(t["number"]), settings_text(t["params"]),
                      code(t.get("file") or "-"), fmt_num(t.get("accuracy"), ".2%"),
                      fmt_num(None if t.get("drop") is None else -t["drop"], "+.2f"),
                      fmt_bytes(t.get("gzip_bytes")), _x(t.get("size_ratio")), _x(t.get("latency_ratio")),
@@ -104,10 +105,6 @@ def _drop(base: float, acc) -> str:
 
 def _x(ratio) -> str:
     return "–" if not ratio else f"{1 / ratio:.2f}x"
-
-
-def _settings(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
 
 
 def plot_search(report: Report) -> dict[str, bytes]:

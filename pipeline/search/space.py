@@ -145,6 +145,11 @@ SPACES: Mapping[str, Space] = {
 }
 
 
+def settings_text(params: Mapping[str, Any]) -> str:
+    """A trial's settings for people: "sparsity 0.913, clusters 64, quant pcqat"."""
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+
+
 def name_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Give every step a unique name (the stage type, then type-2, ...)."""
     seen: dict[str, int] = {}

@@ -139,8 +139,7 @@ def run_trials(study, space, run_one: Callable[[int, dict[str, Any]], Any], *, t
     earlier runs' count) or no trial fits in the time left; returns what happened here."""
     from optuna.trial import TrialState
 
-    retried = recover(study, folder)
-    seconds, attempts, failed = [], 0, 0
+    retried, seconds, attempts, failed = 0, [], 0, 0
     reused = len(finished(study))
     while attempts < 2 * trials:
         retried += recover(study, folder)
