@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,10 +56,13 @@ class Heartbeat:
         self.path.unlink(missing_ok=True)
 
 
-def _alive(folder: Path, worker: str | None) -> bool:
-    """Whether the worker that owns a running trial is still there."""
+def _alive(folder: Path, trial) -> bool:
+    """Whether the worker that owns a running trial is still there. A trial that names no worker
+    yet has just been asked for (its worker names itself next): alive while it is young."""
+    worker = trial.user_attrs.get("worker")
     if not worker:
-        return False
+        started = trial.datetime_start
+        return started is not None and (datetime.now() - started).total_seconds() < STALE_S
     host, _, pid = worker.rpartition("-")
     if host == socket.gethostname():
         try:
@@ -100,7 +104,7 @@ def recover(study, folder: Path) -> int:
     from optuna.trial import TrialState
 
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if not _alive(folder, t.user_attrs.get("worker"))]
+             if not _alive(folder, t)]
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         if trial.params:
@@ -161,22 +165,34 @@ def run_trials(study, space, run_one: Callable[[int, dict[str, Any]], Any], *, t
             result = run_one(trial.number, params)
         except SlimpipeError as exc:
             failed += 1
-            trial.set_user_attr("error", str(exc))
-            study.tell(trial, state=TrialState.FAIL)
+            _record(study, trial, log, {"error": str(exc)}, state=TrialState.FAIL)
             log(f"[slimpipe] search: trial {trial.number} failed: {exc}")
             continue
         took = time.perf_counter() - t0
         seconds.append(took)
-        trial.set_user_attr("score", result.record())
-        trial.set_user_attr("seconds", round(took, 1))
-        trial.set_user_attr("constraint", [math.inf if result.drop is None else result.drop - max_drop])
+        attrs = {"score": result.record(), "seconds": round(took, 1),
+                 "constraint": [math.inf if result.drop is None else result.drop - max_drop]}
         if result.cost is None:
-            study.tell(trial, state=TrialState.FAIL)
             failed += 1
-            continue
-        study.tell(trial, result.cost)
+            _record(study, trial, log, attrs, state=TrialState.FAIL)
+        else:
+            _record(study, trial, log, attrs, value=result.cost)
     return {"reused_trials": reused, "retried": retried, "failed": failed, "ran": len(seconds),
             "seconds_per_trial": round(sum(seconds) / len(seconds), 1) if seconds else None}
+
+
+def _record(study, trial, log, attrs: dict[str, Any], *, value: float | None = None, state=None) -> None:
+    """Store a trial's result; a trial another worker has meanwhile failed (it took this worker
+    for gone) keeps that state, and its settings run again from the queue."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        for key, item in attrs.items():
+            trial.set_user_attr(key, item)
+        study.tell(trial, value, state=state)
+    except UpdateFinishedTrialError:
+        log(f"[slimpipe] search: trial {trial.number} was meanwhile marked failed by another worker "
+            "(this one's heartbeat looked stale); its result is dropped")
 
 
 def trial_records(study) -> list[dict[str, Any]]:

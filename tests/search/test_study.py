@@ -33,9 +33,20 @@ def test_trials_are_stored_and_a_second_run_reuses_them(tmp_path):
                for t in finished(again))
 
 
+def dead_worker() -> str:
+    """The worker id of a process that has exited."""
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return f"{socket.gethostname()}-{proc.stdout.strip()}"
+
+
 def test_a_trial_left_running_is_retried_with_its_settings(tmp_path):
     study = open_study(tmp_path, name="s", seed=0, trials=3)
     trial = study.ask()
+    trial.set_user_attr("worker", dead_worker())
     params = SPACES["size"].suggest(trial)  # the process dies here: the trial stays RUNNING
     again = open_study(tmp_path, name="s", seed=0, trials=3)
     assert recover(again, tmp_path) == 1
@@ -43,6 +54,16 @@ def test_a_trial_left_running_is_retried_with_its_settings(tmp_path):
     run_trials(again, SPACES["size"], lambda n, p: got.append(p) or fake_score(0.1, 0.0), trials=1,
                max_drop=0.5, budget_s=None, started=0, folder=tmp_path, log=print)
     assert got == [params]
+
+
+def test_a_trial_just_asked_for_is_not_taken_for_a_dead_workers(tmp_path, monkeypatch):
+    from slimpipe.pipeline.search import study as study_module
+
+    study = open_study(tmp_path, name="s", seed=0, trials=3)
+    study.ask()  # another worker's: it names itself in the next instant
+    assert recover(study, tmp_path) == 0
+    monkeypatch.setattr(study_module, "STALE_S", 0.0)  # ... or it died before it could
+    assert recover(study, tmp_path) == 1
 
 
 def test_no_trial_starts_after_the_time_budget(tmp_path):
