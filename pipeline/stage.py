@@ -97,6 +97,13 @@ def check_choice(stage: str, field: str, value, choices) -> None:
             f"Received: {field}={value!r}")
 
 
+def check_name_as(stage: str, value) -> None:
+    """`name_as`, the name a stage gives its main output (two branches of one recipe that run the
+    same stage name their outputs apart)."""
+    require(isinstance(value, str) and value.strip() != "" and "/" not in value, stage,
+            f"name_as must be a non-empty artifact name without '/'. Received: name_as={value!r}")
+
+
 def is_number(value) -> bool:
     """An int or a float, not a bool (a recipe's `true` is not a number)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -10,7 +10,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.layer_select import layer_infos, select, select_mapping, selector_pairs, selector_tuple
-from slimpipe.pipeline.stage import StageResult, check_choice, check_count, require
+from slimpipe.pipeline.stage import StageResult, check_choice, check_count, check_name_as, require
 from slimpipe.stages.finetune import FineTune
 
 INITS = ("kmeans_plus_plus", "linear", "density_based", "random")
@@ -29,7 +29,7 @@ class Cluster(FineTune):
     end with clusters + 1 unique values). The meta is measured on the stripped kernels. A Conv2D
     with no more weights than `clusters` is left alone by tfmot; the report notes it. `layers`
     picks the layers with selectors (`pipeline.layer_select`); empty clusters every layer with a
-    kernel. The fine-tuning parameters are `stages.finetune.FineTune`'s.
+    kernel. `name_as` names the output ("clustered"). The fine-tuning parameters are `stages.finetune.FineTune`'s.
     """
 
     name: ClassVar[str] = "cluster"
@@ -44,10 +44,12 @@ class Cluster(FineTune):
     learning_rate: float = 1e-5
     layers: tuple[str, ...] = ()
     layer_clusters: tuple[tuple[str, int], ...] = ()
+    name_as: str = "clustered"
 
     def __post_init__(self):
         super().__post_init__()
         n = self.name
+        check_name_as(n, self.name_as)
         object.__setattr__(self, "layers", selector_tuple(n, "layers", self.layers))
         object.__setattr__(self, "layer_clusters", selector_pairs(n, "layer_clusters", self.layer_clusters))
         for sel, count in self.layer_clusters:
@@ -103,7 +105,7 @@ class Cluster(FineTune):
         for entry in layers:
             entry["clusters"] = counts[entry["name"]]
         meta = {"clusters": self.clusters, "layers": layers, "unclustered": skipped}
-        result.artifacts.append(ctx.save_model(self, model, "clustered", parent=art, kind="keras", meta=meta))
+        result.artifacts.append(ctx.save_model(self, model, self.name_as, parent=art, kind="keras", meta=meta))
         return result
 
     def check(self, model, data) -> None:

@@ -11,7 +11,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights, tfmot_scope
 from slimpipe.pipeline.layer_select import layer_infos, select, select_mapping, selector_pairs, selector_tuple
-from slimpipe.pipeline.stage import StageResult, check_count, check_fraction, require
+from slimpipe.pipeline.stage import StageResult, check_count, check_fraction, check_name_as, require
 from slimpipe.stages.finetune import FineTune, steps_per_epoch
 
 SCHEDULES = ("polynomial", "constant")
@@ -53,7 +53,7 @@ class Prune(FineTune):
     `pruning_policy="xnnpack"` applies tfmot's `PruneForLatencyOnXNNPack`: it checks that the model
     is a graph XNNPACK's sparse inference can run (a 3x3 stride-2 stem conv on a padded 3-channel
     input, then supported ops up to a global average pooling) and prunes only its 1x1 convs.
-    Put `strip` after this stage to get a plain Keras model.
+    Put `strip` after this stage to get a plain Keras model. `name_as` names the output ("pruning").
     """
 
     name: ClassVar[str] = "prune"
@@ -76,11 +76,13 @@ class Prune(FineTune):
     layer_block_size: tuple[tuple[str, tuple[int, int]], ...] = ()
     ramp: float = 0.75
     pruning_policy: str | None = None
+    name_as: str = "pruning"
 
     def __post_init__(self):
         super().__post_init__()
         n = self.name
         _normalize_selectors(self, n)
+        check_name_as(n, self.name_as)
         # Recipes arrive as TOML/JSON lists; tuples keep the dataclass hashable and frozen.
         for f in ("block_size", "sparsity_m_by_n"):
             if isinstance(getattr(self, f), list):
@@ -150,7 +152,7 @@ class Prune(FineTune):
         meta.update(target_sparsity=round(target, 4), achieved_sparsity=round(achieved, 4), layers=per_layer)
         if plan.blocks:
             meta["block_sizes"] = {name: list(block) for name, block in plan.blocks.items()}
-        result.artifacts.append(ctx.save_model(self, model, "pruning", parent=art, kind="keras:pruning", meta=meta))
+        result.artifacts.append(ctx.save_model(self, model, self.name_as, parent=art, kind="keras:pruning", meta=meta))
         return result
 
     def _wrap(self, source, plan: _Plan, end_step: int, frequency: int):

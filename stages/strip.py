@@ -9,7 +9,7 @@ import numpy as np
 from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights
-from slimpipe.pipeline.stage import require
+from slimpipe.pipeline.stage import check_name_as
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,7 @@ class Strip:
     name_as: str = "pruned"
 
     def __post_init__(self):
-        require(isinstance(self.name_as, str) and self.name_as.strip() != "", self.name,
-                f"name_as must be a non-empty artifact name. Received: name_as={self.name_as!r}")
+        check_name_as(self.name, self.name_as)
 
     def run(self, art: Artifact, ctx) -> list[Artifact]:
         import tensorflow_model_optimization as tfmot

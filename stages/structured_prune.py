@@ -17,7 +17,7 @@ from slimpipe.pipeline.artifacts import Artifact
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.kerasio import clone_with_weights
 from slimpipe.pipeline.layer_select import layer_infos, select, selector_tuple
-from slimpipe.pipeline.stage import StageResult, check_choice, check_count, check_fraction, require
+from slimpipe.pipeline.stage import StageResult, check_choice, check_count, check_fraction, check_name_as, require
 from slimpipe.stages.finetune import FineTune, fit
 from slimpipe.stages.surgery import (CRITERIA, analyze_groups, channel_scores, complexity_model,
                              prune_channels, select_channels)
@@ -40,7 +40,8 @@ class StructuredPrune(FineTune):
     and >= (1 - max_layer_reduction) of the layer's original channels, rounded up to a multiple of
     round_to. target="latency" uses MACs to pick each round's candidate, then exports it to TFLite
     and measures its p50 (1 thread, batch 1), shrinking more while it is too slow. `epochs=0` skips fine-tuning. `from_scratch` also trains the pruned
-    architecture from random init (Liu et al., "Rethinking the Value of Network Pruning").
+    architecture from random init (Liu et al., "Rethinking the Value of Network Pruning"). `name_as`
+    names the output ("structured").
     """
 
     name: ClassVar[str] = "structured_prune"
@@ -58,10 +59,12 @@ class StructuredPrune(FineTune):
     max_layer_reduction: float = 1.0
     layers: tuple[str, ...] = ()
     from_scratch: bool = False
+    name_as: str = "structured"
 
     def __post_init__(self):
         super().__post_init__()
         n = self.name
+        check_name_as(n, self.name_as)
         object.__setattr__(self, "layers", selector_tuple(n, "layers", self.layers))
         check_choice(n, "criterion", self.criterion, CRITERIA)
         check_choice(n, "target", self.target, TARGETS)
@@ -109,7 +112,7 @@ class StructuredPrune(FineTune):
                 "trained": True}
         if latency:
             meta.update(latency_before_ms=round(latency[0], 4), latency_after_ms=round(latency[-1], 4))
-        result.artifacts.append(ctx.save_model(self, model, "structured", parent=art, kind="keras", meta=meta))
+        result.artifacts.append(ctx.save_model(self, model, self.name_as, parent=art, kind="keras", meta=meta))
         if self.from_scratch:
             result.artifacts.append(self._scratch(model, art, ctx))
         return result
@@ -220,7 +223,7 @@ class StructuredPrune(FineTune):
             fit(scratch, ctx, epochs=epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
         meta = {"from_scratch": True, "epochs": epochs, "trained": epochs > 0,
                 "params": int(scratch.count_params()), "accuracy": _accuracy(scratch, ctx)}
-        return ctx.save_model(self, scratch, "structured.scratch", parent=art, kind="keras", meta=meta)
+        return ctx.save_model(self, scratch, f"{self.name_as}.scratch", parent=art, kind="keras", meta=meta)
 
 
 def _width(layer) -> int:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.pipeline.search.space import FULL, OBJECTIVES, SPACES, TRIAL, name_steps, settings_text
+from slimpipe.pipeline.search.space import (FULL, OBJECTIVES, SPACES, TRIAL, branch, name_steps, neighbour,
+                                            settings_text, tag_of)
 from slimpipe.pipeline.search.workers import JOB_FILE, SEARCH_DIR, run_workers, write_job
 SPACE_VERSION = 1  # part of the study's name: a change to what trials do starts a new study
 
@@ -182,25 +183,46 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
         raise ConfigError(f"no trial of the search finished ({record['stats']['failed']} failed; see the "
                           "messages above): fix what they say, or raise --trials / --time-budget")
     space = SPACES[args.objective]
-    steps = name_steps(space.steps(chosen["params"], setup.table, schedule=FULL,
-                                   tolerance=_tolerance(args, setup.table)))
-    recipe = {"name": "chosen", "description": _description(args, chosen), "validation": args.validation,
+    steps, candidates = _final_steps(args, setup, space, chosen)
+    recipe = {"name": "chosen", "description": _description(args, candidates), "validation": args.validation,
               "stages": [setup.train, *_with_overrides(steps, args, registry)],
               "gate": {"max_accuracy_drop": args.max_drop, "require_parity": True}}
     chosen_path = setup.out / "chosen.toml"
-    _write_atomic(chosen_path, _header(args, chosen) + _dumps(recipe))
-    print(f"[slimpipe] search: trial {chosen['number']} chosen ({settings_text(chosen['params'])}); "
+    _write_atomic(chosen_path, _header(args, chosen, candidates) + _dumps(recipe))
+    also = "".join(f", with {c['role']} settings as a second candidate ({settings_text(c['params'])})"
+                   for c in candidates[1:])
+    print(f"[slimpipe] search: trial {chosen['number']} chosen ({settings_text(chosen['params'])}){also}; "
           f"its recipe with the full schedule: {chosen_path}")
     record.update({"validation": setup.search_data.details.get("validation"),
                    "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
                    "sensitivity": setup.table, "trials": records, "chosen": chosen,
-                   "recipe": str(chosen_path.name)})
+                   "candidates": candidates, "recipe": str(chosen_path.name)})
     final_args = _with_path(args, chosen_path, argv=args.argv)
     final_args.search_record = record
     final_args.search_data = setup.search_data
     final_args.search_phases = {**{k: round(v, 1) for k, v in setup.phases.items()}, "started": setup.started}
     compress(final_args, registry)
     return _verdict(json.loads((setup.out / "report.json").read_text()), setup.out)
+
+
+def _final_steps(args, setup: Setup, space, chosen) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chosen settings' steps with the full schedule, and a branch from the baseline with
+    their neighbour (one step further when the chosen trial was within the trial budget, one step
+    back when not): trials fine-tune briefly, so which of the two holds the budget after the full
+    schedule is measured, not guessed. The candidates' settings and their files' prefixes too."""
+    tolerance = _tolerance(args, setup.table)
+    steps = name_steps(space.steps(chosen["params"], setup.table, schedule=FULL, tolerance=tolerance))
+    candidates = [{"role": "chosen", "params": dict(chosen["params"]), "tag": None}]
+    further = bool(chosen.get("feasible"))
+    other = neighbour(space, chosen["params"], further=further)
+    if other is None:
+        return steps, candidates
+    tag = tag_of(space, other)
+    extra = branch(space.steps(other, setup.table, schedule=FULL, tolerance=tolerance), tag,
+                   start=setup.train.get("name", "train"))
+    tail = next(i for i, s in enumerate(steps) if s["stage"] in ("export", "benchmark"))
+    candidates.append({"role": "further" if further else "back", "params": other, "tag": tag})
+    return [*steps[:tail], *extra, *steps[tail:]], candidates
 
 
 # -- phases ------------------------------------------------------------------------------------
@@ -336,17 +358,20 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-def _header(args, chosen) -> str:
+def _header(args, chosen, candidates) -> str:
+    other = "".join(f"\n# and a branch from the baseline with {settings_text(c['params'])} (its files are "
+                    f"named *.{c['tag']}.*)" for c in candidates[1:])
     return (f"# Written by `slimpipe compress --recipe auto --objective {args.objective} --max-drop "
             f"{args.max_drop:g}` for model {args.model} on {args.dataset} (seed {args.seed}):\n"
             f"# trial {chosen['number']} of the search, {settings_text(chosen['params'])}, with the full "
-            "fine-tuning schedule.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
+            f"fine-tuning schedule,{other}.\n# The report's verdict names the file that holds the budget on "
+            "the validation split.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
             "(same --model, --dataset and --seed).\n\n")
 
 
-def _description(args, chosen) -> str:
+def _description(args, candidates) -> str:
     return (f"Found by a budget search ({args.objective}, at most {args.max_drop:g} points lost on a "
-            f"validation split): {settings_text(chosen['params'])}.")
+            f"validation split): {' and '.join(settings_text(c['params']) for c in candidates)}.")
 
 
 def _cost_text(objective: str, s) -> str:

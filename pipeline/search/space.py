@@ -64,6 +64,8 @@ class Space:
     start: dict[str, Any]
     steps: Callable[..., list[dict[str, Any]]]
     cost: str  # "size", "latency" or "balanced": see pipeline.search.score
+    amount: str  # the setting that removes most: the final run's second candidate moves it
+    amount_max: float
 
 
 def _suggest_size(trial) -> dict[str, Any]:
@@ -138,11 +140,53 @@ def _balanced_steps(params, table, *, schedule: Schedule, tolerance: float) -> l
 
 
 SPACES: Mapping[str, Space] = {
-    "size": Space(_suggest_size, {"sparsity": 0.9, "clusters": 64, "quant": "pcqat"}, _size_steps, "size"),
-    "latency": Space(_suggest_latency, {"reduction": 0.6, "quant": "int8"}, _latency_steps, "latency"),
+    "size": Space(_suggest_size, {"sparsity": 0.9, "clusters": 64, "quant": "pcqat"}, _size_steps, "size",
+                  "sparsity", 0.99),
+    "latency": Space(_suggest_latency, {"reduction": 0.6, "quant": "int8"}, _latency_steps, "latency",
+                     "reduction", 0.95),
     "balanced": Space(_suggest_balanced, {"reduction": 0.5, "sparsity": 0.8, "clusters": 64, "quant": "int8"},
-                      _balanced_steps, "balanced"),
+                      _balanced_steps, "balanced", "sparsity", 0.99),
 }
+
+# The final run's second candidate keeps this share of what the chosen settings keep (weights
+# or MACs), or keeps that much more when the chosen trial missed the trial budget.
+NEIGHBOUR_KEEP = 0.6
+
+
+def neighbour(space: Space, params: Mapping[str, Any], *, further: bool) -> dict[str, Any] | None:
+    """The chosen settings with the space's amount moved one step further (or back): trials
+    fine-tune briefly and misjudge what the full schedule reaches, so the final run trains both
+    and the validation split decides. None when the step would leave the amount's range."""
+    keep = 1.0 - params[space.amount]
+    keep = keep * NEIGHBOUR_KEEP if further else keep / NEIGHBOUR_KEEP
+    amount = round(min(space.amount_max, 1.0 - keep), 4)
+    if amount < 0.05 or abs(amount - params[space.amount]) < 0.005:
+        return None
+    return {**params, space.amount: amount}
+
+
+BRANCH_NAMES = {"prune": "pruning", "strip": "pruned", "cluster": "clustered", "structured_prune": "structured"}
+
+
+def branch(steps: list[dict[str, Any]], tag: str, *, start: str) -> list[dict[str, Any]]:
+    """A second candidate's steps in the same recipe: from step `start`, without the export and
+    benchmark steps (the recipe's own cover every candidate), every step and output named apart
+    with `tag` (step "prune-s94" makes "pruning.s94")."""
+    out = []
+    for step in steps:
+        if step["stage"] in ("export", "benchmark"):
+            continue
+        kind = step["stage"]
+        named = {"name": f"{kind}-{tag}", **step, **({"input": start} if not out else {})}
+        if kind in BRANCH_NAMES:
+            named["name_as"] = f"{BRANCH_NAMES[kind]}.{tag}"
+        out.append(named)
+    return out
+
+
+def tag_of(space: Space, params: Mapping[str, Any]) -> str:
+    """"s94" for sparsity 0.94, "r84" for a reduction of 0.84."""
+    return f"{space.amount[0]}{params[space.amount] * 100:.0f}"
 
 
 def settings_text(params: Mapping[str, Any]) -> str:
@@ -155,6 +199,9 @@ def name_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: dict[str, int] = {}
     out = []
     for step in steps:
+        if "name" in step:
+            out.append(step)
+            continue
         kind = step["stage"]
         seen[kind] = seen.get(kind, 0) + 1
         out.append({"name": kind if seen[kind] == 1 else f"{kind}-{seen[kind]}", **step})
