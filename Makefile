@@ -78,7 +78,7 @@ test-deps:
 # Test processes in parallel (pytest-xdist); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: setup test-deps
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 gate: setup
 	$(BIN)/slimpipe gate --report $(REPORT) --recipe $(RECIPE) $(GATE_ARGS) \

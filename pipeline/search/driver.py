@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.pipeline.search.space import (FULL, OBJECTIVES, SPACES, TRIAL, branch, name_steps, neighbour,
+from slimpipe.pipeline.search.space import (FULL, OBJECTIVES, SPACES, TRIAL, branch, name_steps, neighbours,
                                             settings_text, tag_of)
 from slimpipe.pipeline.search.workers import JOB_FILE, SEARCH_DIR, run_workers, write_job
 SPACE_VERSION = 1  # part of the study's name: a change to what trials do starts a new study
@@ -189,7 +189,7 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
               "gate": {"max_accuracy_drop": args.max_drop, "require_parity": True}}
     chosen_path = setup.out / "chosen.toml"
     _write_atomic(chosen_path, _header(args, chosen, candidates) + _dumps(recipe))
-    also = "".join(f", with {c['role']} settings as a second candidate ({settings_text(c['params'])})"
+    also = "".join(f", with {c['role']} settings as another candidate ({settings_text(c['params'])})"
                    for c in candidates[1:])
     print(f"[slimpipe] search: trial {chosen['number']} chosen ({settings_text(chosen['params'])}){also}; "
           f"its recipe with the full schedule: {chosen_path}")
@@ -206,22 +206,21 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
 
 
 def _final_steps(args, setup: Setup, space, chosen) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The chosen settings' steps with the full schedule, and a branch from the baseline with
-    their neighbour (one step further when the chosen trial was within the trial budget, one step
-    back when not): trials fine-tune briefly, so which of the two holds the budget after the full
-    schedule is measured, not guessed. The candidates' settings and their files' prefixes too."""
+    """The chosen settings' steps with the full schedule, and a branch from the baseline for each
+    of their neighbours (further when the chosen trial was within the trial budget, back when
+    not): trials fine-tune briefly, so which of them holds the budget after the full schedule is
+    measured, not guessed. Also the candidates' settings, roles and file tags."""
     tolerance = _tolerance(args, setup.table)
     steps = name_steps(space.steps(chosen["params"], setup.table, schedule=FULL, tolerance=tolerance))
     candidates = [{"role": "chosen", "params": dict(chosen["params"]), "tag": None}]
     further = bool(chosen.get("feasible"))
-    other = neighbour(space, chosen["params"], further=further)
-    if other is None:
-        return steps, candidates
-    tag = tag_of(space, other)
-    extra = branch(space.steps(other, setup.table, schedule=FULL, tolerance=tolerance), tag,
-                   start=setup.train.get("name", "train"))
+    extra = []
+    for other in neighbours(space, chosen["params"], further=further):
+        tag = tag_of(space, other)
+        extra += branch(space.steps(other, setup.table, schedule=FULL, tolerance=tolerance), tag,
+                        start=setup.train.get("name", "train"))
+        candidates.append({"role": "further" if further else "back", "params": other, "tag": tag})
     tail = next(i for i, s in enumerate(steps) if s["stage"] in ("export", "benchmark"))
-    candidates.append({"role": "further" if further else "back", "params": other, "tag": tag})
     return [*steps[:tail], *extra, *steps[tail:]], candidates
 
 

@@ -53,7 +53,7 @@ def search_sections(report: Report, plots: set[str] = frozenset()) -> list[Secti
              f"Chosen: trial {chosen.get('number')} ({settings_text(chosen.get('params') or {})}), "
              f"{code(chosen.get('file') or '-').value} at {fmt_num(None if chosen.get('drop') is None else -chosen['drop'], '+.2f')} points on validation; "
              f"run again with the full schedule as {code(search.get('recipe', 'chosen.toml')).value}",
-             *[f"Second candidate of the final run ({c['role']} than the chosen trial, a branch from the "
+             *[f"Another candidate of the final run ({c['role']} than the chosen trial, a branch from the "
                f"baseline with the full schedule; its files are named {code('*.' + c['tag'] + '.*').value}): "
                f"{settings_text(c['params'])}" for c in (search.get("candidates") or [])[1:]],
              f"Trials counted a file within {fmt_num(search.get('trial_budget'), 'g')} points (the budget plus "

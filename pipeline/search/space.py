@@ -148,28 +148,32 @@ SPACES: Mapping[str, Space] = {
                       _balanced_steps, "balanced", "sparsity", 0.99),
 }
 
-# The final run's second candidate keeps this share of what the chosen settings keep (weights
-# or MACs), or keeps that much more when the chosen trial missed the trial budget.
-NEIGHBOUR_KEEP = 0.6
+# The final run's other candidates keep these shares of what the chosen settings keep (weights
+# or multiply-adds), or keep that much more when the chosen trial missed the trial budget.
+NEIGHBOUR_KEEP = (0.75, 0.55)
 
 
-def neighbour(space: Space, params: Mapping[str, Any], *, further: bool) -> dict[str, Any] | None:
-    """The chosen settings with the space's amount moved one step further (or back): trials
-    fine-tune briefly and misjudge what the full schedule reaches, so the final run trains both
-    and the validation split decides. None when the step would leave the amount's range."""
-    keep = 1.0 - params[space.amount]
-    keep = keep * NEIGHBOUR_KEEP if further else keep / NEIGHBOUR_KEEP
-    amount = round(min(space.amount_max, 1.0 - keep), 4)
-    if amount < 0.05 or abs(amount - params[space.amount]) < 0.005:
-        return None
-    return {**params, space.amount: amount}
+def neighbours(space: Space, params: Mapping[str, Any], *, further: bool) -> list[dict[str, Any]]:
+    """The chosen settings with the space's amount moved a step and two steps further (or back):
+    trials fine-tune briefly and misjudge what the full schedule reaches, so the final run trains
+    all of them and the validation split decides. Steps that leave the amount's range, or land
+    where another candidate is, are left out."""
+    out, seen = [], {round(params[space.amount], 2)}
+    for share in NEIGHBOUR_KEEP:
+        keep = 1.0 - params[space.amount]
+        keep = keep * share if further else keep / share
+        amount = round(min(space.amount_max, 1.0 - keep), 4)
+        if amount >= 0.05 and round(amount, 2) not in seen:
+            seen.add(round(amount, 2))
+            out.append({**params, space.amount: amount})
+    return out
 
 
 BRANCH_NAMES = {"prune": "pruning", "strip": "pruned", "cluster": "clustered", "structured_prune": "structured"}
 
 
 def branch(steps: list[dict[str, Any]], tag: str, *, start: str) -> list[dict[str, Any]]:
-    """A second candidate's steps in the same recipe: from step `start`, without the export and
+    """Another candidate's steps in the same recipe: from step `start`, without the export and
     benchmark steps (the recipe's own cover every candidate), every step and output named apart
     with `tag` (step "prune-s94" makes "pruning.s94")."""
     out = []

@@ -1,20 +1,22 @@
-"""The final run's second candidate: one step further (or back) from the chosen settings, as a
+"""The final run's other candidates: steps further (or back) from the chosen settings, each a
 branch of the same recipe that names its steps and files apart."""
 import pytest
 
-from slimpipe.pipeline.search.space import FULL, SPACES, branch, name_steps, neighbour, tag_of
+from slimpipe.pipeline.search.space import FULL, SPACES, branch, name_steps, neighbours, tag_of
 
 
-def test_the_neighbour_keeps_a_fixed_share_of_what_the_chosen_settings_keep():
+def test_the_neighbours_keep_fixed_shares_of_what_the_chosen_settings_keep():
     size = SPACES["size"]
     chosen = {"sparsity": 0.9, "clusters": 64, "quant": "pcqat"}
-    further, back = neighbour(size, chosen, further=True), neighbour(size, chosen, further=False)
-    assert further == {**chosen, "sparsity": 0.94} and back["sparsity"] == pytest.approx(0.8333, abs=1e-4)
-    assert neighbour(size, {**chosen, "sparsity": 0.985}, further=True)["sparsity"] == 0.99  # capped
-    assert neighbour(size, {**chosen, "sparsity": 0.99}, further=True) is None  # nowhere further to go
-    assert neighbour(size, {**chosen, "sparsity": 0.2}, further=False) is None  # nothing left to prune
-    assert neighbour(SPACES["latency"], {"reduction": 0.6, "quant": "int8"}, further=True)["reduction"] == 0.76
-    assert tag_of(size, further) == "s94"
+    further = neighbours(size, chosen, further=True)
+    assert further == [{**chosen, "sparsity": 0.925}, {**chosen, "sparsity": 0.945}]
+    back = [p["sparsity"] for p in neighbours(size, chosen, further=False)]
+    assert back == pytest.approx([0.8667, 0.8182], abs=1e-4)
+    assert [p["sparsity"] for p in neighbours(size, {**chosen, "sparsity": 0.985}, further=True)] == [0.9888]  # 0.99 (the cap) is no further
+    assert neighbours(size, {**chosen, "sparsity": 0.99}, further=True) == []  # nowhere further to go
+    assert neighbours(size, {**chosen, "sparsity": 0.2}, further=False) == []  # nothing left to prune
+    assert neighbours(SPACES["latency"], {"reduction": 0.6, "quant": "int8"}, further=True)[0]["reduction"] == 0.7
+    assert [tag_of(size, p) for p in further] == ["s92", "s94"]
 
 
 def test_a_branch_starts_from_the_baseline_and_names_its_steps_and_outputs_apart():
