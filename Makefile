@@ -28,6 +28,7 @@ VALIDATION ?=
 TRIAL_EPOCHS ?=
 JOBS ?=
 TRIAL_SLACK ?=
+CANDIDATES ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
@@ -40,7 +41,7 @@ ARGS = --model $(MODEL) --dataset $(DATASET) --recipe $(RECIPE) \
 	$(if $(OBJECTIVE),--objective $(OBJECTIVE)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) $(if $(VALIDATION),--validation $(VALIDATION)) \
 	$(if $(TRIAL_EPOCHS),--trial-epochs $(TRIAL_EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) \
-	$(if $(TRIAL_SLACK),--trial-slack $(TRIAL_SLACK))
+	$(if $(TRIAL_SLACK),--trial-slack $(TRIAL_SLACK)) $(if $(CANDIDATES),--candidates $(CANDIDATES))
 
 REPORT ?= $(if $(OUT),$(OUT),runs/$(MODEL)-$(DATASET))/report.json
 GATE_ARGS ?=

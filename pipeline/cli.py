@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-SEARCH_DEFAULTS = {"max_drop": 0.5, "objective": "size", "trials": 12, "validation": 0.1, "trial_epochs": 2, "jobs": 1}
+SEARCH_DEFAULTS = {"max_drop": 0.5, "objective": "size", "trials": 12, "validation": 0.1, "trial_epochs": 2, "jobs": 1,
+                   "candidates": 3}
 
 
 def _add_search_options(c) -> None:
@@ -100,6 +101,10 @@ def _add_search_options(c) -> None:
                    help="points a trial's file may lose beyond --max-drop and still count (default: "
                         "--max-drop): trials fine-tune briefly and understate the final run, whose "
                         "files are chosen on the validation split within --max-drop itself")
+    g.add_argument("--candidates", type=int, default=None, metavar="N",
+                   help="settings the final run trains with the full schedule: the chosen trial's and "
+                        "up to two neighbours a step and two steps further (default 3; 1 for the "
+                        "chosen alone, one full fine-tuning instead of three)")
     g.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="N worker processes on this machine take trials from the study (default 1); "
                         "`slimpipe join OUT` adds one on another machine")

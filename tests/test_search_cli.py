@@ -95,8 +95,9 @@ def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp
 @pytest.mark.parametrize("objective", ["latency", "balanced"])
 def test_latency_and_balanced_searches(data_npz, tmp_path, objective):
     out = tmp_path / objective
-    assert search(data_npz, out, objective=objective) == 0
+    assert search(data_npz, out, "--candidates", "1", objective=objective) == 0
     s = report(out)["search"]
+    assert [c["role"] for c in s["candidates"]] == ["chosen"]
     assert s["objective"] == objective and s["chosen"]["latency_ratio"] > 0
     steps = [step.stage.name for step in load_recipe(str(out / "chosen.toml"), STAGES)]
     assert "structured_prune" in steps and ("prune" in steps) == (objective == "balanced")
@@ -107,11 +108,11 @@ def test_latency_and_balanced_searches(data_npz, tmp_path, objective):
 def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz, tmp_path, capsys):
     out = tmp_path / "impossible"
     # Every layer 99% zeros: the files lose accuracy, and a budget of 0 points cannot be met.
-    rc = search(data_npz, out, max_drop="0", sets=['prune.layer_sparsity={"@all" = 0.99}'])
+    rc = search(data_npz, out, "--candidates", "2", max_drop="0", sets=['prune.layer_sparsity={"@all" = 0.99}'])
     assert rc == 1
     s = report(out)["search"]
     assert not s["chosen"]["feasible"] and not s["verdict"]["met"]
-    assert s["candidates"][1]["role"] == "back"  # the other candidates step back from the chosen trial
+    assert [c["role"] for c in s["candidates"]] == ["chosen", "back"]  # a step back from the chosen trial
     assert "no file of the final run was within 0 points on the validation split" in s["verdict"]["text"]
     assert s["verdict"]["validation_drop"] > 0
     assert (out / "chosen.toml").is_file()
@@ -124,7 +125,7 @@ def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz,
 @pytest.mark.slow
 def test_two_local_workers_take_trials_from_one_study(data_npz, tmp_path):
     out = tmp_path / "jobs"
-    assert search(data_npz, out, "--jobs", "2", trials=2) == 0
+    assert search(data_npz, out, "--jobs", "2", "--candidates", "1", trials=2) == 0
     s = report(out)["search"]
     assert s["jobs"] == 2 and s["stats"]["worker_exit_codes"] == [0, 0]
     assert sorted(t["number"] for t in s["trials"]) == [0, 1]  # the count, each number once
@@ -149,6 +150,7 @@ def test_join_needs_a_running_search(tmp_path, capsys):
     (["--validation", "1"], "--validation must be a fraction"),
     (["--jobs", "0"], "--jobs must be >= 1"),
     (["--trial-slack", "-1"], "--trial-slack must be between 0 and 100"),
+    (["--candidates", "0"], "--candidates must be between 1 and 3"),
 ])
 def test_bad_search_options(data_npz, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"

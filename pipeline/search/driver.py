@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.pipeline.search.space import (FULL, OBJECTIVES, SPACES, TRIAL, branch, name_steps, neighbours,
+from slimpipe.pipeline.search.space import (FULL, NEIGHBOUR_KEEP, OBJECTIVES, SPACES, TRIAL, branch, name_steps, neighbours,
                                             settings_text, tag_of)
 from slimpipe.pipeline.search.workers import JOB_FILE, SEARCH_DIR, run_workers, write_job
 SPACE_VERSION = 1  # part of the study's name: a change to what trials do starts a new study
@@ -57,6 +57,9 @@ def check_options(args) -> None:
         raise ConfigError(f"--trial-slack must be between 0 and 100 points. Received: --trial-slack {args.trial_slack:g}")
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1. Received: --jobs {args.jobs}")
+    if not 1 <= args.candidates <= 1 + len(NEIGHBOUR_KEEP):
+        raise ConfigError(f"--candidates must be between 1 and {1 + len(NEIGHBOUR_KEEP)} (the chosen settings "
+                          f"and their neighbours). Received: --candidates {args.candidates}")
     if getattr(args, "distribute", None):
         raise ConfigError("--recipe auto runs in one process: drop --distribute (run the chosen recipe, "
                           "OUT/chosen.toml, with --distribute to train it on several workers)")
@@ -215,7 +218,7 @@ def _final_steps(args, setup: Setup, space, chosen) -> tuple[list[dict[str, Any]
     candidates = [{"role": "chosen", "params": dict(chosen["params"]), "tag": None}]
     further = bool(chosen.get("feasible"))
     extra = []
-    for other in neighbours(space, chosen["params"], further=further):
+    for other in neighbours(space, chosen["params"], further=further)[:args.candidates - 1]:
         tag = tag_of(space, other)
         extra += branch(space.steps(other, setup.table, schedule=FULL, tolerance=tolerance), tag,
                         start=setup.train.get("name", "train"))

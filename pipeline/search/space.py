@@ -64,7 +64,7 @@ class Space:
     start: dict[str, Any]
     steps: Callable[..., list[dict[str, Any]]]
     cost: str  # "size", "latency" or "balanced": see pipeline.search.score
-    amount: str  # the setting that removes most: the final run's second candidate moves it
+    amount: str  # the setting that removes most: the final run's other candidates move it
     amount_max: float
 
 
