@@ -10,11 +10,12 @@
    from the trained baseline, runs with short fine-tuning in OUT/search/trials/<settings hash>/,
    and is scored on the validation split (`pipeline.search.score`). The study is a journal
    file, OUT/search/study.log. New trials start while the time budget lasts.
-5. The best trial's settings with the full fine-tuning schedule are written as an ordinary
-   recipe, OUT/chosen.toml, and run like any recipe into OUT. Its TFLite files are scored on the
-   validation split; the best within the budget there is the answer (`final_choice`), and its
-   test-set figures (the test set is used here, once) are the verdict. The report adds the
-   search. Exit 0 when the answer is within the budget on the test set, 1 when it is not or when
+5. The best trial's settings with the full fine-tuning schedule, and up to two neighbours a
+   step and two steps further (each a branch from the baseline, `--candidates`), are written as
+   an ordinary recipe, OUT/chosen.toml, and run like any recipe into OUT. Its TFLite files are
+   scored on the validation split; the best within the budget there is the answer
+   (`final_choice`), and its test-set figures (the test set is used here, once) are the verdict.
+   The report adds the search. Exit 0 when the answer is within the budget on the test set, 1 when it is not or when
    no file was within it on the validation split.
 """
 from __future__ import annotations
@@ -366,7 +367,7 @@ def _header(args, chosen, candidates) -> str:
     return (f"# Written by `slimpipe compress --recipe auto --objective {args.objective} --max-drop "
             f"{args.max_drop:g}` for model {args.model} on {args.dataset} (seed {args.seed}):\n"
             f"# trial {chosen['number']} of the search, {settings_text(chosen['params'])}, with the full "
-            f"fine-tuning schedule,{other}.\n# The report's verdict names the file that holds the budget on "
+            f"fine-tuning schedule{',' if other else ''}{other}.\n# The report's verdict names the file that holds the budget on "
             "the validation split.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
             "(same --model, --dataset and --seed).\n\n")
 
