@@ -210,10 +210,9 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
 
 
 def _final_steps(args, setup: Setup, space, chosen) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The chosen settings' steps with the full schedule, and a branch from the baseline for each
-    of their neighbours (further when the chosen trial was within the trial budget, back when
-    not): trials fine-tune briefly, so which of them holds the budget after the full schedule is
-    measured, not guessed. Also the candidates' settings, roles and file tags."""
+    """The chosen settings' steps with the full schedule, a branch from the baseline for each of
+    their neighbours (further when the chosen trial was within the trial budget, back when not),
+    and the candidates' settings, roles and file tags: which one holds the budget is measured."""
     tolerance = _tolerance(args, setup.table)
     steps = name_steps(space.steps(chosen["params"], setup.table, schedule=FULL, tolerance=tolerance))
     candidates = [{"role": "chosen", "params": dict(chosen["params"]), "tag": None}]
