@@ -187,7 +187,7 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
         raise ConfigError(f"no trial of the search finished ({record['stats']['failed']} failed; see the "
                           "messages above): fix what they say, or raise --trials / --time-budget")
     space = SPACES[args.objective]
-    steps, candidates = _final_steps(args, setup, space, chosen)
+    steps, candidates = _final_steps(args, setup, space, chosen, registry)
     recipe = {"name": "chosen", "description": _description(args, candidates), "validation": args.validation,
               "stages": [setup.train, *_with_overrides(steps, args, registry)],
               "gate": {"max_accuracy_drop": args.max_drop, "require_parity": True}}
@@ -209,7 +209,7 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
     return _verdict(json.loads((setup.out / "report.json").read_text()), setup.out)
 
 
-def _final_steps(args, setup: Setup, space, chosen) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _final_steps(args, setup: Setup, space, chosen, registry) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The chosen settings' steps with the full schedule, a branch from the baseline for each of
     their neighbours (further when the chosen trial was within the trial budget, back when not),
     and the candidates' settings, roles and file tags: which one holds the budget is measured."""
@@ -217,11 +217,11 @@ def _final_steps(args, setup: Setup, space, chosen) -> tuple[list[dict[str, Any]
     steps = name_steps(space.steps(chosen["params"], setup.table, schedule=FULL, tolerance=tolerance))
     candidates = [{"role": "chosen", "params": dict(chosen["params"]), "tag": None}]
     further = bool(chosen.get("feasible"))
-    extra = []
+    extra, outputs = [], {kind: cls.name_as for kind, cls in registry.items() if hasattr(cls, "name_as")}
     for other in neighbours(space, chosen["params"], further=further)[:args.candidates - 1]:
         tag = tag_of(space, other)
         extra += branch(space.steps(other, setup.table, schedule=FULL, tolerance=tolerance), tag,
-                        start=setup.train.get("name", "train"))
+                        start=setup.train.get("name", "train"), outputs=outputs)
         candidates.append({"role": "further" if further else "back", "params": other, "tag": tag})
     tail = next(i for i, s in enumerate(steps) if s["stage"] in ("export", "benchmark"))
     return [*steps[:tail], *extra, *steps[tail:]], candidates

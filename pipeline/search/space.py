@@ -158,32 +158,30 @@ def neighbours(space: Space, params: Mapping[str, Any], *, further: bool) -> lis
     trials fine-tune briefly and misjudge what the full schedule reaches, so the final run trains
     all of them and the validation split decides. Steps that leave the amount's range, or land
     where another candidate is, are left out."""
+    kept = 1.0 - params[space.amount]
     out, seen = [], {round(params[space.amount], 2)}
     for share in NEIGHBOUR_KEEP:
-        keep = 1.0 - params[space.amount]
-        keep = keep * share if further else keep / share
-        amount = round(min(space.amount_max, 1.0 - keep), 4)
+        amount = round(min(space.amount_max, 1.0 - (kept * share if further else kept / share)), 4)
         if amount >= 0.05 and round(amount, 2) not in seen:
             seen.add(round(amount, 2))
             out.append({**params, space.amount: amount})
     return out
 
 
-BRANCH_NAMES = {"prune": "pruning", "strip": "pruned", "cluster": "clustered", "structured_prune": "structured"}
-
-
-def branch(steps: list[dict[str, Any]], tag: str, *, start: str) -> list[dict[str, Any]]:
+def branch(steps: list[dict[str, Any]], tag: str, *, start: str,
+           outputs: Mapping[str, str]) -> list[dict[str, Any]]:
     """Another candidate's steps in the same recipe: from step `start`, without the export and
-    benchmark steps (the recipe's own cover every candidate), every step and output named apart
-    with `tag` (step "prune-s94" makes "pruning.s94")."""
+    benchmark steps (the recipe's own cover every candidate), every step named apart with `tag`,
+    and so is the output of every stage that names its output (`outputs`: stage -> its default
+    `name_as`; step "prune-s94" makes "pruning.s94")."""
     out = []
     for step in steps:
-        if step["stage"] in ("export", "benchmark"):
-            continue
         kind = step["stage"]
+        if kind in ("export", "benchmark"):
+            continue
         named = {"name": f"{kind}-{tag}", **step, **({"input": start} if not out else {})}
-        if kind in BRANCH_NAMES:
-            named["name_as"] = f"{BRANCH_NAMES[kind]}.{tag}"
+        if kind in outputs:
+            named["name_as"] = f"{outputs[kind]}.{tag}"
         out.append(named)
     return out
 

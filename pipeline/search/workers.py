@@ -19,7 +19,7 @@ JOB_FILE = "job.json"
 
 def write_job(args, search_dir: Path, study: str) -> None:
     """What `slimpipe join OUT` needs to run trials of this search."""
-    job = {"argv": [a for a in args.argv], "study": study, "storage": args.storage,
+    job = {"argv": list(args.argv), "study": study, "storage": args.storage,
            "threads": getattr(args, "job_threads", None)}
     write_text_atomic(search_dir / JOB_FILE, json.dumps(job, indent=1))
 

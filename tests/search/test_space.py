@@ -3,6 +3,7 @@ branch of the same recipe that names its steps and files apart."""
 import pytest
 
 from slimpipe.pipeline.search.space import FULL, SPACES, branch, name_steps, neighbours, tag_of
+from slimpipe.stages import STAGES
 
 
 def test_the_neighbours_keep_fixed_shares_of_what_the_chosen_settings_keep():
@@ -26,7 +27,11 @@ def test_a_branch_starts_from_the_baseline_and_names_its_steps_and_outputs_apart
          "cluster": {"64": 0.9, "16": 0.9}, "int8": 0.9}]}
     space = SPACES["size"]
     params = {"sparsity": 0.94, "clusters": 64, "quant": "pcqat"}
-    steps = branch(space.steps(params, table, schedule=FULL, tolerance=0.5), "s94", start="train")
+    outputs = {kind: cls.name_as for kind, cls in STAGES.items() if hasattr(cls, "name_as")}
+    assert outputs == {"prune": "pruning", "strip": "pruned", "cluster": "clustered",
+                       "structured_prune": "structured"}
+    steps = branch(space.steps(params, table, schedule=FULL, tolerance=0.5), "s94", start="train",
+                   outputs=outputs)
     assert [s["stage"] for s in steps] == ["prune", "strip", "cluster", "quantize"]  # no export, no benchmark
     assert steps[0]["input"] == "train" and all("input" not in s for s in steps[1:])
     assert [s["name"] for s in steps] == ["prune-s94", "strip-s94", "cluster-s94", "quantize-s94"]
