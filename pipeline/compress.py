@@ -139,7 +139,7 @@ def write_reports(ctx, recipe, out: Path, args) -> None:
 
         phases = dict(args.search_phases)
         started = phases.pop("started")
-        phases["final"] = round(sum(t["seconds"] for t in ctx.stage_timings), 1)
+        phases["final"] = round(phases.pop("final_earlier", 0.0) + sum(t["seconds"] for t in ctx.stage_timings), 1)
         phases["total"] = round(time.perf_counter() - started, 1)
         report["search"] = {**search, "phases_s": phases}
         report["search"]["verdict"] = final_choice(report, search, args.search_data, out)

@@ -45,7 +45,7 @@ def report(out):
 @pytest.mark.slow
 def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp_path):
     out = tmp_path / "auto"
-    assert search(data_npz, out, trials=1) == 0
+    assert search(data_npz, out, "--candidates", "2", trials=1) == 0
     rep = report(out)
     s = rep["search"]
     assert s["objective"] == "size" and len(s["trials"]) == 1 and s["stats"]["ran"] == 1
@@ -63,11 +63,11 @@ def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp
     val = verdict["validation_accuracy"]  # every final TFLite file and the baseline, on the validation split
     assert rep["baseline"] in val and verdict["file"] in val
     assert verdict["validation_drop"] == pytest.approx((val[rep["baseline"]] - val[verdict["file"]]) * 100, abs=1e-3)
-    # The final run trains other candidates, steps further, on branches from the baseline, and
-    # scores their files on the validation split like the chosen settings' own.
+    # The final run trains another candidate, a step further, on a branch from the baseline, and
+    # scores its files on the validation split like the chosen settings' own.
     first, *others = s["candidates"]
-    assert others and all(c["role"] == "further" for c in others)
-    assert first["params"]["sparsity"] < others[0]["params"]["sparsity"] < others[-1]["params"]["sparsity"]
+    assert [c["role"] for c in others] == ["further"]
+    assert first["params"]["sparsity"] < others[0]["params"]["sparsity"]
     for c in others:
         tagged = [n for n in names if n.startswith(f"clustered.{c['tag']}.") and n.endswith(".tflite")]
         assert tagged and all(n in val for n in tagged)
@@ -107,18 +107,30 @@ def test_latency_and_balanced_searches(data_npz, tmp_path, objective):
 @pytest.mark.slow
 def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz, tmp_path, capsys):
     out = tmp_path / "impossible"
-    # Every layer 99% zeros: the files lose accuracy, and a budget of 0 points cannot be met.
-    rc = search(data_npz, out, "--candidates", "2", max_drop="0", sets=['prune.layer_sparsity={"@all" = 0.99}'])
+    # Every layer 99% zeros: the files lose accuracy, and a budget of 0 points cannot be met. The
+    # trial slack lets the trial count, so the final run first goes a step further, finds no file
+    # within the budget on the validation split, and runs again with a step back added.
+    rc = search(data_npz, out, "--candidates", "2", "--trial-slack", "100", max_drop="0",
+                sets=['prune.layer_sparsity={"@all" = 0.99}'])
     assert rc == 1
-    s = report(out)["search"]
-    assert not s["chosen"]["feasible"] and not s["verdict"]["met"]
-    assert [c["role"] for c in s["candidates"]] == ["chosen", "back"]  # a step back from the chosen trial
+    rep = report(out)
+    s = rep["search"]
+    assert s["chosen"]["feasible"] and not s["verdict"]["met"] and not s["verdict"]["validation_met"]
+    chosen, further, back = s["candidates"]
+    assert [further["role"], back["role"], back.get("added")] == ["further", "back", True]
+    assert back["params"]["sparsity"] < chosen["params"]["sparsity"] < further["params"]["sparsity"]
+    names = {r["name"] for r in rep["artifacts"]}
+    for c in (further, back):
+        tagged = [n for n in names if n.startswith(f"clustered.{c['tag']}.") and n.endswith(".tflite")]
+        assert tagged and all(n in s["verdict"]["validation_accuracy"] for n in tagged)
+    assert f"*.{back['tag']}.*" in (out / "chosen.toml").read_text()
+    assert "added when no file of the others held the budget" in (out / "report.md").read_text()
     assert "no file of the final run was within 0 points on the validation split" in s["verdict"]["text"]
     assert s["verdict"]["validation_drop"] > 0
-    assert (out / "chosen.toml").is_file()
-    [row] = [r for r in report(out)["artifacts"] if r["name"] == s["verdict"]["file"]]
+    [row] = [r for r in rep["artifacts"] if r["name"] == s["verdict"]["file"]]
     assert (out / row["path"]).is_file()
-    assert "no file of the final run was within 0 points" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "a step back from the chosen settings" in printed and "no file of the final run was within 0 points" in printed
 
 
 @needs_fashion

@@ -15,6 +15,7 @@
    an ordinary recipe, OUT/chosen.toml, and run like any recipe into OUT. Its TFLite files are
    scored on the validation split; the best within the budget there is the answer
    (`final_choice`), and its test-set figures (the test set is used here, once) are the verdict.
+   When no file holds the budget there, a step back from the chosen settings joins the recipe.
    The report adds the search. Exit 0 when the answer is within the budget on the test set, 1 when it is not or when
    no file was within it on the validation split.
 """
@@ -33,8 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from slimpipe.pipeline.errors import ConfigError
-from slimpipe.pipeline.search.space import (FULL, NEIGHBOUR_KEEP, OBJECTIVES, SPACES, TRIAL, branch, name_steps, neighbours,
-                                            settings_text, tag_of)
+from slimpipe.pipeline.search.final import description, final_steps, header
+from slimpipe.pipeline.search.space import NEIGHBOUR_KEEP, OBJECTIVES, SPACES, TRIAL, name_steps, neighbours, settings_text
 from slimpipe.pipeline.search.workers import JOB_FILE, SEARCH_DIR, run_workers, write_job
 SPACE_VERSION = 1  # part of the study's name: a change to what trials do starts a new study
 
@@ -177,8 +178,10 @@ def _tolerance(args, table) -> float:
 
 
 def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
-    """Write the best trial's recipe with the full schedule as OUT/chosen.toml and run it."""
-    from slimpipe.pipeline.compress import compress
+    """Write the best trial's settings with the full schedule, and its neighbours', as
+    OUT/chosen.toml and run it. When the neighbours went further and no file holds the budget on
+    the validation split, a step back from the chosen settings joins the recipe, which runs again
+    (the cache keeps what ran)."""
     from slimpipe.pipeline.search.study import best, trial_records
 
     records = trial_records(study)
@@ -187,44 +190,47 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
         raise ConfigError(f"no trial of the search finished ({record['stats']['failed']} failed; see the "
                           "messages above): fix what they say, or raise --trials / --time-budget")
     space = SPACES[args.objective]
-    steps, candidates = _final_steps(args, setup, space, chosen, registry)
-    recipe = {"name": "chosen", "description": _description(args, candidates), "validation": args.validation,
+    further = bool(chosen.get("feasible"))
+    others = [{"role": "further" if further else "back", "params": p}
+              for p in neighbours(space, chosen["params"], further=further)[:args.candidates - 1]]
+    record.update({"validation": setup.search_data.details.get("validation"),
+                   "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
+                   "sensitivity": setup.table, "trials": records, "chosen": chosen})
+    report = _run_final(args, registry, setup, record, chosen, others)
+    back = neighbours(space, chosen["params"], further=False)[:1]
+    if further and others and back and not report["search"]["verdict"].get("validation_met", True):
+        print(f"[slimpipe] search: no file of the final run held the budget on the validation split; a step "
+              f"back from the chosen settings ({settings_text(back[0])}) joins it")
+        others.append({"role": "back", "params": back[0], "added": True})
+        report = _run_final(args, registry, setup, record, chosen, others,
+                            earlier_s=report["search"]["phases_s"]["final"])
+    return _verdict(report, setup.out)
+
+
+def _run_final(args, registry, setup: Setup, record, chosen, others, *, earlier_s: float = 0.0) -> dict[str, Any]:
+    from slimpipe.pipeline.compress import compress
+
+    outputs = {kind: cls.name_as for kind, cls in registry.items() if hasattr(cls, "name_as")}
+    steps, candidates = final_steps(SPACES[args.objective], chosen, others, table=setup.table,
+                                    tolerance=_tolerance(args, setup.table),
+                                    start=setup.train.get("name", "train"), outputs=outputs)
+    recipe = {"name": "chosen", "description": description(args, candidates), "validation": args.validation,
               "stages": [setup.train, *_with_overrides(steps, args, registry)],
               "gate": {"max_accuracy_drop": args.max_drop, "require_parity": True}}
     chosen_path = setup.out / "chosen.toml"
-    _write_atomic(chosen_path, _header(args, chosen, candidates) + _dumps(recipe))
+    _write_atomic(chosen_path, header(args, chosen, candidates) + _dumps(recipe))
     also = "".join(f", with {c['role']} settings as another candidate ({settings_text(c['params'])})"
                    for c in candidates[1:])
     print(f"[slimpipe] search: trial {chosen['number']} chosen ({settings_text(chosen['params'])}){also}; "
           f"its recipe with the full schedule: {chosen_path}")
-    record.update({"validation": setup.search_data.details.get("validation"),
-                   "baseline_validation_accuracy": chosen.get("baseline_accuracy"),
-                   "sensitivity": setup.table, "trials": records, "chosen": chosen,
-                   "candidates": candidates, "recipe": str(chosen_path.name)})
+    record.update({"candidates": candidates, "recipe": str(chosen_path.name)})
     final_args = _with_path(args, chosen_path, argv=args.argv)
     final_args.search_record = record
     final_args.search_data = setup.search_data
-    final_args.search_phases = {**{k: round(v, 1) for k, v in setup.phases.items()}, "started": setup.started}
+    final_args.search_phases = {**{k: round(v, 1) for k, v in setup.phases.items()}, "started": setup.started,
+                                "final_earlier": earlier_s}
     compress(final_args, registry)
-    return _verdict(json.loads((setup.out / "report.json").read_text()), setup.out)
-
-
-def _final_steps(args, setup: Setup, space, chosen, registry) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The chosen settings' steps with the full schedule, a branch from the baseline for each of
-    their neighbours (further when the chosen trial was within the trial budget, back when not),
-    and the candidates' settings, roles and file tags: which one holds the budget is measured."""
-    tolerance = _tolerance(args, setup.table)
-    steps = name_steps(space.steps(chosen["params"], setup.table, schedule=FULL, tolerance=tolerance))
-    candidates = [{"role": "chosen", "params": dict(chosen["params"]), "tag": None}]
-    further = bool(chosen.get("feasible"))
-    extra, outputs = [], {kind: cls.name_as for kind, cls in registry.items() if hasattr(cls, "name_as")}
-    for other in neighbours(space, chosen["params"], further=further)[:args.candidates - 1]:
-        tag = tag_of(space, other)
-        extra += branch(space.steps(other, setup.table, schedule=FULL, tolerance=tolerance), tag,
-                        start=setup.train.get("name", "train"), outputs=outputs)
-        candidates.append({"role": "further" if further else "back", "params": other, "tag": tag})
-    tail = next(i for i, s in enumerate(steps) if s["stage"] in ("export", "benchmark"))
-    return [*steps[:tail], *extra, *steps[tail:]], candidates
+    return json.loads((setup.out / "report.json").read_text())
 
 
 # -- phases ------------------------------------------------------------------------------------
@@ -358,22 +364,6 @@ def _write_atomic(path: Path, text: str) -> None:
 
     tomllib.loads(text)  # what we write must read back
     write_text_atomic(path, text)
-
-
-def _header(args, chosen, candidates) -> str:
-    other = "".join(f"\n# and a branch from the baseline with {settings_text(c['params'])} (its files are "
-                    f"named *.{c['tag']}.*)" for c in candidates[1:])
-    return (f"# Written by `slimpipe compress --recipe auto --objective {args.objective} --max-drop "
-            f"{args.max_drop:g}` for model {args.model} on {args.dataset} (seed {args.seed}):\n"
-            f"# trial {chosen['number']} of the search, {settings_text(chosen['params'])}, with the full "
-            f"fine-tuning schedule{',' if other else ''}{other}.\n# The report's verdict names the file that holds the budget on "
-            "the validation split.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
-            "(same --model, --dataset and --seed).\n\n")
-
-
-def _description(args, candidates) -> str:
-    return (f"Found by a budget search ({args.objective}, at most {args.max_drop:g} points lost on a "
-            f"validation split): {' and '.join(settings_text(c['params']) for c in candidates)}.")
 
 
 def _cost_text(objective: str, s) -> str:

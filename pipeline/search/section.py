@@ -21,6 +21,8 @@ SEARCH_PLOTS = {"search_front.png": "Every file of every trial: cost against val
                 "sensitivity.png": "Accuracy lost when one layer alone is pruned, per layer"}
 COST = {"size": "gzip size / dense float TFLite", "latency": "p50 latency / dense float TFLite",
         "balanced": "geometric mean of size and latency ratios"}
+_ROLES = {"further": "a step further than the chosen trial", "back": "a step back from the chosen trial"}
+_ADDED = ", added when no file of the others held the budget on the validation split"
 
 
 def front(search: Mapping[str, Any]) -> list[tuple[int, str, float, float]]:
@@ -53,9 +55,10 @@ def search_sections(report: Report, plots: set[str] = frozenset()) -> list[Secti
              f"Chosen: trial {chosen.get('number')} ({settings_text(chosen.get('params') or {})}), "
              f"{code(chosen.get('file') or '-').value} at {fmt_num(None if chosen.get('drop') is None else -chosen['drop'], '+.2f')} points on validation; "
              f"run again with the full schedule as {code(search.get('recipe', 'chosen.toml')).value}",
-             *[f"Another candidate of the final run ({c['role']} than the chosen trial, a branch from the "
-               f"baseline with the full schedule; its files are named {code('*.' + c['tag'] + '.*').value}): "
-               f"{settings_text(c['params'])}" for c in (search.get("candidates") or [])[1:]],
+             *[f"Another candidate of the final run ({_ROLES.get(c['role'], c['role'])}"
+               f"{_ADDED if c.get('added') else ''}, a branch from the baseline with the full schedule; its "
+               f"files are named {code('*.' + c['tag'] + '.*').value}): {settings_text(c['params'])}"
+               for c in (search.get("candidates") or [])[1:]],
              f"Trials counted a file within {fmt_num(search.get('trial_budget'), 'g')} points (the budget plus "
              "--trial-slack: their short fine-tuning understates the final run); the final run's TFLite "
              "files were scored on the validation split and the best within the budget there is the answer",

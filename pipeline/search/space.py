@@ -40,6 +40,7 @@ class Schedule:
     latency: tuple[tuple[int, int], ...]
     passes: int
     sparse_kernels: bool
+    every_ptq: bool  # quantize in every post-training mode too, not only the trial's (no training)
 
     def with_epochs(self, epochs: int) -> "Schedule":
         """The same schedule with `epochs` of pruning and of structured pruning's fine-tuning."""
@@ -48,9 +49,9 @@ class Schedule:
 
 # Trials fine-tune briefly and export TFLite alone; the chosen settings run on FULL.
 TRIAL = Schedule(prune_epochs=2, structured_epochs=2, qat_epochs=1, export=("tflite",),
-                 min_seconds=0.05, latency=((1, 1),), passes=5, sparse_kernels=False)
+                 min_seconds=0.05, latency=((1, 1),), passes=5, sparse_kernels=False, every_ptq=False)
 FULL = Schedule(prune_epochs=14, structured_epochs=6, qat_epochs=1, export=("tflite", "onnx"),
-                min_seconds=0.15, latency=((1, 1), (0, 1)), passes=10, sparse_kernels=True)
+                min_seconds=0.15, latency=((1, 1), (0, 1)), passes=10, sparse_kernels=True, every_ptq=True)
 
 DISTILL = {"batch_size": 128, "lr_decay": "cosine", "distill": 0.5, "temperature": 1.0, "dropout": 0.0}
 
@@ -102,13 +103,23 @@ def _cluster(params, table, tolerance: float) -> dict[str, Any]:
             **({"layer_clusters": own} if own else {})}
 
 
-def _int8(params, schedule: Schedule, *, sparse: bool) -> list[dict[str, Any]]:
-    if params["quant"] == "pcqat":
+def _int8(params, schedule: Schedule, *, sparse: bool, post_training: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The trial's int8 step; with `every_ptq`, also every post-training mode (`post_training`):
+    they cost seconds, not training, so the final run measures them instead of trusting a trial."""
+    steps = _quantize(params["quant"], schedule, sparse=sparse)
+    if schedule.every_ptq:
+        for mode in post_training:
+            steps += _quantize(mode, schedule, sparse=sparse) if mode != params["quant"] else []
+    return steps
+
+
+def _quantize(mode: str, schedule: Schedule, *, sparse: bool) -> list[dict[str, Any]]:
+    if mode == "pcqat":
         return [{"stage": "quantize", "mode": "pcqat", "epochs": schedule.qat_epochs, "learning_rate": 1e-4,
                  **DISTILL, "sparse": True, "strip_names": True, "per_channel": False}]
-    if params["quant"] == "none":
+    if mode == "none":
         return []
-    return [{"stage": "quantize", "mode": params["quant"], "sparse": sparse, "strip_names": True}]
+    return [{"stage": "quantize", "mode": mode, "sparse": sparse, "strip_names": True}]
 
 
 def _structured(params, schedule: Schedule) -> dict[str, Any]:
@@ -127,16 +138,18 @@ def _tail(schedule: Schedule) -> list[dict[str, Any]]:
 
 def _size_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
     return [_prune(params, table, schedule), {"stage": "strip"}, _cluster(params, table, tolerance),
-            *_int8(params, schedule, sparse=True), *_tail(schedule)]
+            *_int8(params, schedule, sparse=True, post_training=("int8",)), *_tail(schedule)]
 
 
 def _latency_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
-    return [_structured(params, schedule), *_int8(params, schedule, sparse=False), *_tail(schedule)]
+    return [_structured(params, schedule), *_int8(params, schedule, sparse=False, post_training=("dynamic", "int8")),
+            *_tail(schedule)]
 
 
 def _balanced_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
     return [_structured(params, schedule), _prune(params, table, schedule), {"stage": "strip"},
-            _cluster(params, table, tolerance), *_int8(params, schedule, sparse=True), *_tail(schedule)]
+            _cluster(params, table, tolerance), *_int8(params, schedule, sparse=True, post_training=("int8",)),
+            *_tail(schedule)]
 
 
 SPACES: Mapping[str, Space] = {
@@ -174,12 +187,14 @@ def branch(steps: list[dict[str, Any]], tag: str, *, start: str,
     benchmark steps (the recipe's own cover every candidate), every step named apart with `tag`,
     and so is the output of every stage that names its output (`outputs`: stage -> its default
     `name_as`; step "prune-s94" makes "pruning.s94")."""
-    out = []
+    out, seen = [], {}
     for step in steps:
         kind = step["stage"]
         if kind in ("export", "benchmark"):
             continue
-        named = {"name": f"{kind}-{tag}", **step, **({"input": start} if not out else {})}
+        seen[kind] = seen.get(kind, 0) + 1
+        name = f"{kind}-{tag}" if seen[kind] == 1 else f"{kind}-{seen[kind]}-{tag}"
+        named = {"name": name, **step, **({"input": start} if not out else {})}
         if kind in outputs:
             named["name_as"] = f"{outputs[kind]}.{tag}"
         out.append(named)
