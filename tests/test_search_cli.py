@@ -41,11 +41,20 @@ def report(out):
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def size_search(data_npz, tmp_path_factory):
+    """A size search with one trial and one more candidate than the chosen settings: (exit code, OUT)."""
+    out = tmp_path_factory.mktemp("auto") / "auto"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLIMPIPE_QUIET", "1")
+        return search(data_npz, out, "--candidates", "2", trials=1), out
+
+
 @needs_fashion
 @pytest.mark.slow
-def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp_path):
-    out = tmp_path / "auto"
-    assert search(data_npz, out, "--candidates", "2", trials=1) == 0
+def test_size_search_chooses_a_file_on_the_validation_split_and_writes_its_recipe(size_search):
+    rc, out = size_search
+    assert rc == 0
     rep = report(out)
     s = rep["search"]
     assert s["objective"] == "size" and len(s["trials"]) == 1 and s["stats"]["ran"] == 1
@@ -80,14 +89,22 @@ def test_size_search_and_its_chosen_recipe_rerun_to_the_same_files(data_npz, tmp
     prune = next(step.stage for step in recipe if step.stage.name == "prune")
     assert prune.layer_sparsity and all(not sel.startswith("@") for sel, _ in prune.layer_sparsity)
 
+
+@needs_fashion
+@pytest.mark.slow
+def test_the_chosen_recipe_reruns_without_a_search_to_the_same_files(size_search, data_npz, tmp_path):
+    rc, out = size_search
+    rep = report(out)
+    names = {r["name"]: r for r in rep["artifacts"]}
     again = tmp_path / "again"  # the chosen recipe alone, no search, no --set: the same files
+    assert rc == 0
     assert main(["compress", "--model", "cnn", "--dataset", f"npz:{data_npz}", "--recipe",
                  str(out / "chosen.toml"), "--out", str(again)]) == 0
     rerun = {r["name"]: r for r in report(again)["artifacts"]}
     assert "search" not in report(again)
-    for name in (verdict["file"], "trained.tflite"):
+    tagged = next(c["tag"] for c in rep["search"]["candidates"][1:])
+    for name in (rep["search"]["verdict"]["file"], "trained.tflite", f"clustered.{tagged}.sparse.tflite"):
         assert rerun[name]["sha256"] == names[name]["sha256"], name
-
 
 
 @needs_fashion
@@ -107,22 +124,23 @@ def test_latency_and_balanced_searches(data_npz, tmp_path, objective):
 @pytest.mark.slow
 def test_an_impossible_budget_still_writes_the_best_so_far_and_exits_1(data_npz, tmp_path, capsys):
     out = tmp_path / "impossible"
-    # Every layer 99% zeros: the files lose accuracy, and a budget of 0 points cannot be met. The
-    # trial slack lets the trial count, so the final run first goes a step further, finds no file
-    # within the budget on the validation split, and runs again with a step back added.
-    rc = search(data_npz, out, "--candidates", "2", "--trial-slack", "100", max_drop="0",
-                sets=['prune.layer_sparsity={"@all" = 0.99}'])
+    # 90% of the multiply-adds gone: the files lose accuracy, and a budget of 0 points cannot be
+    # met. The trial slack lets the trial count, so the final run first goes a step further,
+    # finds no file within the budget on the validation split, and runs again with a step back.
+    rc = search(data_npz, out, "--candidates", "2", "--trial-slack", "100", objective="latency", max_drop="0",
+                sets=["structured_prune.reduction=0.9"])
     assert rc == 1
     rep = report(out)
     s = rep["search"]
     assert s["chosen"]["feasible"] and not s["verdict"]["met"] and not s["verdict"]["validation_met"]
     chosen, further, back = s["candidates"]
     assert [further["role"], back["role"], back.get("added")] == ["further", "back", True]
-    assert back["params"]["sparsity"] < chosen["params"]["sparsity"] < further["params"]["sparsity"]
+    assert back["params"]["reduction"] < chosen["params"]["reduction"] < further["params"]["reduction"]
     names = {r["name"] for r in rep["artifacts"]}
-    for c in (further, back):
-        tagged = [n for n in names if n.startswith(f"clustered.{c['tag']}.") and n.endswith(".tflite")]
-        assert tagged and all(n in s["verdict"]["validation_accuracy"] for n in tagged)
+    for c in (further, back):  # each candidate in every post-training int8 mode, scored on validation
+        tagged = {n for n in names if n.startswith(f"structured.{c['tag']}.") and n.endswith(".tflite")}
+        assert {f"structured.{c['tag']}.{m}.tflite" for m in ("dynamic", "int8")} <= tagged
+        assert all(n in s["verdict"]["validation_accuracy"] for n in tagged)
     assert f"*.{back['tag']}.*" in (out / "chosen.toml").read_text()
     assert "added when no file of the others held the budget" in (out / "report.md").read_text()
     assert "no file of the final run was within 0 points on the validation split" in s["verdict"]["text"]
