@@ -158,6 +158,8 @@ def test_two_local_workers_take_trials_from_one_study(data_npz, tmp_path):
     assert search(data_npz, out, "--jobs", "2", "--candidates", "1", trials=2) == 0
     s = report(out)["search"]
     assert s["jobs"] == 2 and s["stats"]["worker_exit_codes"] == [0, 0]
+    assert (s["stats"]["ran"], s["stats"]["failed"], s["stats"]["reused_trials"]) == (2, 0, 0)
+    assert s["stats"]["seconds_per_trial"] > 0
     assert sorted(t["number"] for t in s["trials"]) == [0, 1]  # the count, each number once
     assert s["trials"][0]["params"] != s["trials"][1]["params"]  # the starting point ran once
     assert all(t["worker"] for t in s["trials"])

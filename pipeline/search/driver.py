@@ -105,7 +105,8 @@ class Setup:
 def run_search(args, registry: Mapping[str, type], *, worker: bool = False) -> int:
     """The whole search (see the module's docstring); with `worker` (`slimpipe join OUT`), only
     trials of the running search in OUT: the chief chooses and runs the final recipe."""
-    from slimpipe.pipeline.search.study import Heartbeat, open_study, run_trials, seed_study, wait_idle
+    from slimpipe.pipeline.search.study import (Heartbeat, open_study, run_trials, seed_study, started_trials,
+                                                stats_since, wait_idle)
 
     check_options(args)
     setup = _setup(args, registry, worker=worker)
@@ -133,7 +134,8 @@ def run_search(args, registry: Mapping[str, type], *, worker: bool = False) -> i
         return 0
     seed_study(study, space)
     if args.jobs > 1:
-        stats = run_workers(args, setup.out, search_dir, name)
+        before = started_trials(study)
+        stats = {**run_workers(args, setup.out, search_dir, name), **stats_since(study, before)}
     else:
         write_job(args, search_dir, name)
         stats = trials_here()

@@ -136,6 +136,27 @@ def finished(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def started_trials(study) -> set[int]:
+    """The numbers of the study's trials that have started (a queued trial has not)."""
+    from optuna.trial import TrialState
+
+    return {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
+
+
+def stats_since(study, before: set[int]) -> dict[str, Any]:
+    """What the workers did to the study since `before` (`started_trials`), in the terms
+    `run_trials` reports for one process."""
+    from optuna.trial import TrialState
+
+    new = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
+    done = [t for t in new if t.state == TrialState.COMPLETE]
+    seconds = [t.user_attrs["seconds"] for t in done if "seconds" in t.user_attrs]
+    return {"reused_trials": sum(1 for t in finished(study) if t.number in before),
+            "retried": sum(1 for t in new if "retry_of" in t.user_attrs),
+            "failed": sum(1 for t in new if t.state == TrialState.FAIL), "ran": len(done),
+            "seconds_per_trial": round(sum(seconds) / len(seconds), 1) if seconds else None}
+
+
 def run_trials(study, space, run_one: Callable[[int, dict[str, Any]], Any], *, trials: int,
                max_drop: float, budget_s: float | None, started: float, folder: Path,
                log: Callable[[str], None] = print) -> dict[str, Any]:

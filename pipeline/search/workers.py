@@ -48,8 +48,7 @@ def run_workers(args, out: Path, search_dir: Path, study: str) -> dict[str, Any]
         log.close()
     if any(codes):
         print(f"[slimpipe] search: workers exited with codes {codes}; see {log_dir}")
-    return {"reused_trials": None, "retried": None, "failed": None, "ran": None, "seconds_per_trial": None,
-            "workers": args.jobs, "worker_exit_codes": codes, "threads_per_worker": threads}
+    return {"workers": args.jobs, "worker_exit_codes": codes, "threads_per_worker": threads}
 
 
 def join_search(out: Path) -> tuple[list[str], int | None]:

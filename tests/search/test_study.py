@@ -6,7 +6,8 @@ import pytest
 from slimpipe.pipeline.search.driver import parse_duration
 from slimpipe.pipeline.search.space import SPACES
 from slimpipe.pipeline.search.score import Score
-from slimpipe.pipeline.search.study import finished, open_study, recover, run_trials, seed_study
+from slimpipe.pipeline.search.study import (finished, open_study, recover, run_trials, seed_study, started_trials,
+                                            stats_since)
 
 
 def fake_score(cost, drop):
@@ -98,8 +99,13 @@ def test_two_workers_share_one_study(tmp_path):
     from slimpipe.pipeline.search.study import best, trial_records
 
     assert _workers(tmp_path, 8, "seed") == [0]
+    before = started_trials(open_study(tmp_path, name="shared", seed=0, trials=8))
+    assert before == set()  # the starting point is queued, not started
     assert _workers(tmp_path, 8, "run", "run") == [0, 0]
     study = open_study(tmp_path, name="shared", seed=0, trials=8)
+    stats = stats_since(study, before)
+    assert (stats["ran"], stats["failed"], stats["retried"], stats["reused_trials"]) == (8, 0, 0, 0)
+    assert stats["seconds_per_trial"] >= 0.3  # each fake trial sleeps 0.3 s
     done = finished(study)
     assert len(done) == 8 and len({t.number for t in done}) == 8  # the count, numbers unique
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers ran trials
@@ -113,8 +119,12 @@ def test_two_workers_share_one_study(tmp_path):
 def test_a_killed_workers_trial_is_retried_by_another(tmp_path):
     assert _workers(tmp_path, 3, "die") == [9]
     lost = int((tmp_path / "died").read_text())
+    before = started_trials(open_study(tmp_path, name="shared", seed=0, trials=3))
+    assert before == {lost}
     assert _workers(tmp_path, 3, "run") == [0]
     study = open_study(tmp_path, name="shared", seed=0, trials=3)
+    stats = stats_since(study, before)
+    assert (stats["ran"], stats["failed"], stats["retried"], stats["reused_trials"]) == (3, 0, 1, 0)
     trials = {t.number: t for t in study.trials}
     assert trials[lost].state.name == "FAIL"
     retry = [t for t in finished(study) if t.user_attrs.get("retry_of") == lost]
