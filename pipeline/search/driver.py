@@ -210,6 +210,7 @@ def _final(args, registry, setup: Setup, study, record: dict[str, Any]) -> int:
 
 
 def _run_final(args, registry, setup: Setup, record, chosen, others, *, earlier_s: float = 0.0) -> dict[str, Any]:
+    """Write chosen.toml for these candidates, run it into OUT, and return its report."""
     from slimpipe.pipeline.compress import compress
 
     outputs = {kind: cls.name_as for kind, cls in registry.items() if hasattr(cls, "name_as")}
