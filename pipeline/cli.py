@@ -103,7 +103,8 @@ def _add_search_options(c) -> None:
                         "files are chosen on the validation split within --max-drop itself")
     g.add_argument("--candidates", type=int, default=None, metavar="N",
                    help="settings the final run trains with the full schedule: the chosen trial's and "
-                        "up to two neighbours a step and two steps further (default 3; 1 for the "
+                        "up to two neighbours a step and two steps further, and a step back when none "
+                        "of them holds the budget on the validation split (default 3; 1 for the "
                         "chosen alone, one full fine-tuning instead of three)")
     g.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="N worker processes on this machine take trials from the study (default 1); "
