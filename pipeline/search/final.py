@@ -39,8 +39,8 @@ def header(args, chosen, candidates) -> str:
     return (f"# Written by `slimpipe compress --recipe auto --objective {args.objective} --max-drop "
             f"{args.max_drop:g}` for model {args.model} on {args.dataset} (seed {args.seed}):\n"
             f"# trial {chosen['number']} of the search, {settings_text(chosen['params'])}, with the full "
-            f"fine-tuning schedule{',' if other else ''}{other}.\n# The report's verdict names the file that holds the budget on "
-            "the validation split.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
+            f"fine-tuning schedule{',' if other else ''}{other}.\n# The report's verdict names the file that "
+            "holds the budget on the validation split.\n# Re-run it without a search: slimpipe compress --recipe THIS_FILE "
             "(same --model, --dataset and --seed).\n\n")
 
 
@@ -92,7 +92,7 @@ def final_choice(report: Mapping[str, Any], record: Mapping[str, Any], search_da
                 f"{row['name']}, {figures}")
     else:
         text = f"not within the budget on the test set, by {drop - budget:.2f} points: {row['name']}, {figures}"
-    return {"met": met, "validation_met": on_val.feasible, "file": row["name"], "test_drop": round(drop, 4), "test_accuracy": row["accuracy"],
-            "baseline_test_accuracy": base["accuracy"], "validation_drop": on_val.drop,
+    return {"met": met, "validation_met": on_val.feasible, "file": row["name"], "test_drop": round(drop, 4),
+            "test_accuracy": row["accuracy"], "baseline_test_accuracy": base["accuracy"], "validation_drop": on_val.drop,
             "validation_accuracy": val, "size_ratio": size, "latency_ratio": latency, "cost": cost,
             "text": text}

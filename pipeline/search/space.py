@@ -187,16 +187,11 @@ def branch(steps: list[dict[str, Any]], tag: str, *, start: str,
     benchmark steps (the recipe's own cover every candidate), every step named apart with `tag`,
     and so is the output of every stage that names its output (`outputs`: stage -> its default
     `name_as`; step "prune-s94" makes "pruning.s94")."""
-    out, seen = [], {}
-    for step in steps:
-        kind = step["stage"]
-        if kind in ("export", "benchmark"):
-            continue
-        seen[kind] = seen.get(kind, 0) + 1
-        name = f"{kind}-{tag}" if seen[kind] == 1 else f"{kind}-{seen[kind]}-{tag}"
-        named = {"name": name, **step, **({"input": start} if not out else {})}
-        if kind in outputs:
-            named["name_as"] = f"{outputs[kind]}.{tag}"
+    out = []
+    for step in name_steps([s for s in steps if s["stage"] not in ("export", "benchmark")]):
+        named = {**step, "name": f"{step['name']}-{tag}", **({"input": start} if not out else {})}
+        if step["stage"] in outputs:
+            named["name_as"] = f"{outputs[step['stage']]}.{tag}"
         out.append(named)
     return out
 
