@@ -49,7 +49,7 @@ GATE_ARGS ?=
 RUNS ?= $(patsubst %/report.json,%,$(sort $(wildcard runs/*/report.json)))
 RESULTS ?= docs/benchmarks.md
 
-.PHONY: setup data compress test test-deps bench gate results clean
+.PHONY: setup data compress test test-deps bench targets gate results clean
 
 setup: $(VENV)/.installed data
 
@@ -87,6 +87,11 @@ gate: setup
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+
+# The product's measured targets (benchmarks/targets.toml), each checked against its run's report
+# in runs/ (or $$SLIMPIPE_TARGET_RUNS); a target without its run is skipped with the command that makes it.
+targets: $(VENV)/.installed
+	$(BIN)/python -m pytest benchmarks/bench_targets.py -q -rs -p no:cacheprovider
 
 # Stamped result tables from finished runs' report.json files (slimpipe results RUN ...).
 results: $(VENV)/.installed

@@ -2,6 +2,8 @@
 
     slimpipe gate --report runs/cnn-fashion_mnist/report.json --max-gzip-bytes 200000 \\
         --max-accuracy-drop 0.5 --max-p90-ms 2 --require-parity --junit gate.xml
+    slimpipe gate --report runs/cnn-auto-size --artifact chosen --min-gzip-ratio 25 \\
+        --max-accuracy-drop 0.5 --max-minutes 30
 
     report = load_report("runs/cnn-fashion_mnist")
     results = evaluate(report, {"max_gzip_bytes": 200_000, "require_parity": True})
@@ -23,7 +25,7 @@ from typing import Any, Callable, Mapping
 from slimpipe.benchmarks.runtimes import RUNTIME_OF
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.recipe import read_recipe_file
-from slimpipe.pipeline.rows import EPS, baseline_row, deployable, fmt_bytes
+from slimpipe.pipeline.rows import EPS, baseline_row, deployable, fmt_bytes, latency_at, reference_for
 from slimpipe.pipeline.thresholds import CHECK_KEYS, check_thresholds
 
 
@@ -85,6 +87,16 @@ def select_artifact(report: Mapping[str, Any], thresholds: Mapping[str, Any]):
     """(row or None, sentence saying what was picked and why)."""
     rows = report["artifacts"]
     wanted = thresholds.get("artifact") or "best"
+    if wanted == "chosen":
+        verdict = (report.get("search") or {}).get("verdict") or {}
+        if not verdict.get("file"):
+            raise ConfigError("--artifact chosen needs the report of a budget search (--recipe auto) "
+                              "whose verdict names a file: gate a named artifact or 'best' instead")
+        row = next((r for r in rows if r.get("name") == verdict["file"]), None)
+        if row is None:
+            raise ConfigError(f"the search's verdict names {verdict['file']!r}, which the report's "
+                              "artifacts do not list: re-run 'slimpipe compress' to write the report again")
+        return row, f"chosen: {row['name']}, the file the budget search's verdict names"
     if wanted != "best":
         row = next((r for r in rows if r.get("name") == wanted), None)
         if row is None:
@@ -178,6 +190,90 @@ def _check_max_p90_ms(report, row, t) -> CheckResult:
                        f"p90 {p90:.3f} ms {'<=' if ok else '>'} {lim:.3f} ms at {where}")
 
 
+def _min_check(name, art, measured, limit, what) -> CheckResult:
+    if measured is None:
+        return CheckResult(name, art, None, limit, False, what)
+    ok = measured >= limit - EPS
+    return CheckResult(name, art, round(measured, 4), limit, ok,
+                       f"{what} {measured:.2f}x {'>=' if ok else '<'} {limit:g}x")
+
+
+def _reference(report, row, name, lim) -> tuple[Mapping[str, Any] | None, CheckResult | None]:
+    ref = reference_for(row, report["artifacts"], report.get("baseline"))
+    if ref is None:
+        return None, CheckResult(name, row.get("name"), None, lim, False,
+                                 f"the report has no dense float32 {row.get('format')} file of "
+                                 f"baseline {report.get('baseline')} to compare {row.get('name')} with")
+    return ref, None
+
+
+def _ratio_check(name, field, what, report, row, t) -> CheckResult:
+    art, lim = row.get("name"), t[name]
+    ref, missing = _reference(report, row, name, lim)
+    if missing:
+        return missing
+    if not row.get(field) or not ref.get(field):
+        return CheckResult(name, art, None, lim, False, f"{what} of {art} or {ref['name']} was not measured")
+    return _min_check(name, art, ref[field] / row[field], lim,
+                      f"{fmt_bytes(ref[field])} bytes ({ref['name']}) / {fmt_bytes(row[field])} bytes {what} =")
+
+
+def _check_min_bytes_ratio(report, row, t) -> CheckResult:
+    return _ratio_check("min_bytes_ratio", "bytes", "on disk", report, row, t)
+
+
+def _check_min_gzip_ratio(report, row, t) -> CheckResult:
+    return _ratio_check("min_gzip_ratio", "gzip_bytes", "by gzip", report, row, t)
+
+
+def _check_min_speedup(report, row, t) -> CheckResult:
+    name, lim = row.get("name"), t["min_speedup"]
+    runtime = t.get("latency_runtime") or RUNTIME_OF.get(row.get("format"), "litert")
+    threads, batch = t.get("latency_threads", 1), t.get("latency_batch", 1)
+    where = f"{runtime}, {threads} thread{'s' if threads != 1 else ''}, batch {batch}"
+    ref, missing = _reference(report, row, "min_speedup", lim)
+    if missing:
+        return missing
+    mine, theirs = latency_at(row, runtime, threads, batch), latency_at(ref, runtime, threads, batch)
+    if not (mine or {}).get("p50_ms") or not (theirs or {}).get("p50_ms"):
+        return CheckResult("min_speedup", name, None, lim, False,
+                           f"no p50 latency of {name} and {ref['name']} measured at {where}")
+    return _min_check("min_speedup", name, theirs["p50_ms"] / mine["p50_ms"], lim,
+                      f"p50 {theirs['p50_ms']:.4f} ms ({ref['name']}) / {mine['p50_ms']:.4f} ms at {where} =")
+
+
+def run_minutes(report: Mapping[str, Any]) -> tuple[float | None, str]:
+    """(minutes, what they cover) of a run measured from scratch, or (None, why there is no such
+    figure): a budget search's phases (baseline, sensitivity, trials, final run) or a plain run's
+    stages. Reused trials or stages make the figure a re-run's, not the run's."""
+    search = report.get("search")
+    if search:
+        stats, total = search.get("stats") or {}, (search.get("phases_s") or {}).get("total")
+        if stats.get("reused_trials") or not stats.get("ran"):
+            return None, (f"the search took {stats.get('reused_trials') or 0} trials from its study and ran "
+                          f"{stats.get('ran') or 0}: its time is a re-run's, not the search's")
+        return (None if total is None else total / 60), "the budget search's phases, baseline included"
+    stages = report.get("stages") or []
+    reused = [s.get("name") for s in stages if s.get("reused")]
+    if reused:
+        return None, (f"{len(reused)} of {len(stages)} stages were taken from the cache "
+                      f"({', '.join(map(str, reused))}): the time is a re-run's")
+    seconds = [s.get("seconds") for s in stages]
+    if not stages or any(v is None for v in seconds):
+        return None, "the report does not time every stage"
+    return sum(seconds) / 60, "the run's stages"
+
+
+def _check_max_minutes(report, row, t) -> CheckResult:
+    lim = t["max_minutes"]
+    minutes, what = run_minutes(report)
+    if minutes is None:
+        return CheckResult("max_minutes", "the run", None, lim, False, what)
+    ok = minutes <= lim + EPS
+    return CheckResult("max_minutes", "the run", round(minutes, 4), lim, ok,
+                       f"{minutes:.1f} min ({what}) {'<=' if ok else '>'} {lim:g} min")
+
+
 def _check_parity(report) -> CheckResult:
     exported = [r for r in report["artifacts"] if r.get("format") != "keras"]
     bad = []
@@ -201,7 +297,9 @@ def _check_parity(report) -> CheckResult:
 ARTIFACT_CHECKS: dict[str, Callable[..., CheckResult]] = {
     "max_bytes": _check_max_bytes, "max_gzip_bytes": _check_max_gzip_bytes,
     "min_accuracy": _check_min_accuracy, "max_accuracy_drop": _check_max_accuracy_drop,
-    "max_p90_ms": _check_max_p90_ms,
+    "max_p90_ms": _check_max_p90_ms, "min_bytes_ratio": _check_min_bytes_ratio,
+    "min_gzip_ratio": _check_min_gzip_ratio,
+    "min_speedup": _check_min_speedup, "max_minutes": _check_max_minutes,
 }
 
 
@@ -211,7 +309,8 @@ def evaluate(report: Mapping[str, Any], thresholds: Mapping[str, Any]) -> list[C
     if not any(k in t for k in CHECK_KEYS):
         raise ConfigError("no gate thresholds: give at least one of --max-bytes, "
                           "--max-gzip-bytes, --min-accuracy, --max-accuracy-drop, --max-p90-ms, "
-                          "--require-parity, or a recipe with a [gate] table (--recipe)")
+                          "--min-bytes-ratio, --min-gzip-ratio, --min-speedup, --max-minutes, --require-parity, or a "
+                          "recipe with a [gate] table (--recipe)")
     row, why = select_artifact(report, t)
     keys = [k for k in ARTIFACT_CHECKS if k in t]
     if row is None:

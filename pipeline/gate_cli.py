@@ -19,7 +19,8 @@ from slimpipe.pipeline.thresholds import GATE_KEYS, check_thresholds
 
 METAVARS = {"max_bytes": "N", "max_gzip_bytes": "N", "min_accuracy": "A",
             "max_accuracy_drop": "POINTS", "max_p90_ms": "MS", "latency_runtime": "RUNTIME",
-            "latency_threads": "N", "latency_batch": "N", "artifact": "NAME|best"}
+            "latency_threads": "N", "latency_batch": "N", "artifact": "NAME|best|chosen",
+            "min_bytes_ratio": "X", "min_gzip_ratio": "X", "min_speedup": "X", "max_minutes": "M"}
 
 
 def add_gate_parser(subparsers) -> argparse.ArgumentParser:

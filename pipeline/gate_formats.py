@@ -26,6 +26,10 @@ def _fmt(name: str, value) -> str:
         return f"{value:.2f} pts"
     if name == "max_p90_ms":
         return f"{value:.3f} ms"
+    if name in ("min_bytes_ratio", "min_gzip_ratio", "min_speedup"):
+        return f"{value:.2f}x"
+    if name == "max_minutes":
+        return f"{value:.1f} min"
     if name == "require_parity":
         return f"{value} ok"
     return str(value)

@@ -3,10 +3,13 @@ options take, and their checks. Recipes validate their `[gate]` table with `chec
 before anything runs; the gate checks a report against the same keys.
 
     [gate]
-    artifact = "best"          # or an artifact name
+    artifact = "best"          # or "chosen" (a budget search's answer), or an artifact name
     max_gzip_bytes = 200000
     max_accuracy_drop = 0.5    # percentage points below the baseline's accuracy
     max_p90_ms = 2.0
+    min_gzip_ratio = 25.0      # x smaller by gzip than the dense float32 file
+    min_speedup = 5.0          # x faster at p50 than the dense float32 file
+    max_minutes = 30.0         # the whole run, a budget search's baseline included
     latency_runtime = "litert" # default: the artifact's own runtime (litert, onnxruntime)
     latency_threads = 1
     latency_batch = 1
@@ -21,9 +24,10 @@ from slimpipe.pipeline.errors import ConfigError
 
 # [gate] key -> (type, help). Order is the order checks run in.
 GATE_KEYS: dict[str, tuple[type, str]] = {
-    "artifact": (str, "the artifact to gate: a name from report.json, or 'best' (default): the "
-                      "smallest deployable export by gzip size, within --max-accuracy-drop of "
-                      "the baseline when that is set"),
+    "artifact": (str, "the artifact to gate: a name from report.json, 'chosen' (the file a "
+                      "budget search's verdict names), or 'best' (default): the smallest "
+                      "deployable export by gzip size, within --max-accuracy-drop of the "
+                      "baseline when that is set"),
     "max_bytes": (int, "fail if the artifact's file is larger than N bytes"),
     "max_gzip_bytes": (int, "fail if the artifact is larger than N bytes after gzip"),
     "min_accuracy": (float, "fail if the artifact's test accuracy is below A (a fraction, 0..1)"),
@@ -31,6 +35,16 @@ GATE_KEYS: dict[str, tuple[type, str]] = {
                                  "percentage points below the baseline's"),
     "max_p90_ms": (float, "fail if the artifact's p90 latency is above MS milliseconds (or was "
                           "not measured) at --latency-runtime/--latency-threads/--latency-batch"),
+    "min_bytes_ratio": (float, "fail if the artifact's file is fewer than X times smaller than "
+                               "the dense float32 file of the baseline in the same format"),
+    "min_gzip_ratio": (float, "fail if the artifact is fewer than X times smaller by gzip than "
+                              "the dense float32 file of the baseline in the same format"),
+    "min_speedup": (float, "fail if the artifact's p50 latency is less than X times faster than "
+                           "the dense float32 file's in the same format, measured in the same "
+                           "interleaved run at --latency-runtime/--latency-threads/--latency-batch"),
+    "max_minutes": (float, "fail if the run took longer than M minutes: a budget search's phases, "
+                           "baseline included, or a plain run's stages; a run that took trials "
+                           "or stages from the cache has no fresh time and fails this check"),
     "latency_runtime": (str, "runtime of the latency measurement to check (litert, "
                              "onnxruntime, keras; default: the artifact's own runtime)"),
     "latency_threads": (int, "threads of the latency measurement to check (default 1)"),
@@ -39,7 +53,7 @@ GATE_KEYS: dict[str, tuple[type, str]] = {
                              "validation against the Keras model"),
 }
 CHECK_KEYS = ("max_bytes", "max_gzip_bytes", "min_accuracy", "max_accuracy_drop", "max_p90_ms",
-              "require_parity")
+              "min_bytes_ratio", "min_gzip_ratio", "min_speedup", "max_minutes", "require_parity")
 _WHAT = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

@@ -109,13 +109,53 @@ def test_named_artifact_and_unknown_name(report):
     ("min_accuracy", 0.88, 0.881, 0.88),
     ("max_accuracy_drop", 2.0, 1.9, 2.0),
     ("max_p90_ms", 1.08, 1.0, 1.08),
+    # against trained.tflite, the dense float32 file of the baseline: 800,000 / 700,000 bytes, p50 2.0 ms
+    ("min_bytes_ratio", 3.9, 3.91, 800_000 / 205_000),
+    ("min_gzip_ratio", 11.6, 11.7, 700_000 / 60_000),
+    ("min_speedup", 2.2, 2.23, 2.0 / 0.9),
+    ("max_minutes", 0.26, 0.25, (12.5 + 3.0) / 60),  # the stages' seconds
 ])
 def test_each_check_passes_and_fails(report, key, passing, failing, measured):
     ok = by_name(evaluate(report, {"artifact": "pruned.int8.tflite", key: passing}))[key]
-    assert ok.passed and ok.measured == pytest.approx(measured) and ok.threshold == passing
-    assert ok.artifact == "pruned.int8.tflite"
+    assert ok.passed and ok.measured == pytest.approx(measured, abs=1e-3) and ok.threshold == passing
+    assert ok.artifact == ("the run" if key == "max_minutes" else "pruned.int8.tflite")
     bad = by_name(evaluate(report, {"artifact": "pruned.int8.tflite", key: failing}))[key]
-    assert not bad.passed and bad.measured == pytest.approx(measured)
+    assert not bad.passed and bad.measured == pytest.approx(measured, abs=1e-3)
+
+
+def test_ratios_name_the_dense_file_and_fail_without_one(report):
+    [gz, fast] = evaluate(report, {"artifact": "pruned.int8.tflite", "min_gzip_ratio": 10, "min_speedup": 2})
+    assert "trained.tflite" in gz.detail and "11.67x >= 10x" in gz.detail
+    assert "litert, 1 thread, batch 1" in fast.detail and fast.passed
+    [slow] = evaluate(report, {"artifact": "pruned.int8.tflite", "min_speedup": 2, "latency_threads": 2})
+    assert not slow.passed and slow.measured is None and "no p50 latency" in slow.detail
+    report["artifacts"] = [r for r in report["artifacts"] if r["name"] != "trained.tflite"]
+    [none] = evaluate(report, {"artifact": "pruned.int8.tflite", "min_gzip_ratio": 1})
+    assert not none.passed and "no dense float32 tflite file of baseline trained.h5" in none.detail
+
+
+def test_the_chosen_artifact_is_the_search_verdicts_file(report):
+    with pytest.raises(ConfigError, match="needs the report of a budget search"):
+        evaluate(report, {"artifact": "chosen", "max_bytes": 1})
+    report["search"] = {"verdict": {"file": "pruned.tflite"}}
+    [res] = evaluate(report, {"artifact": "chosen", "max_bytes": 800_000})
+    assert res.artifact == "pruned.tflite" and res.passed
+    report["search"]["verdict"]["file"] = "gone.tflite"
+    with pytest.raises(ConfigError, match="'gone.tflite', which the report's artifacts do not list"):
+        evaluate(report, {"artifact": "chosen", "max_bytes": 1})
+
+
+def test_run_minutes_only_from_a_run_measured_from_scratch(report):
+    report["stages"][0]["reused"] = True
+    [res] = evaluate(report, {"max_minutes": 100})
+    assert not res.passed and res.measured is None and "1 of 2 stages were taken from the cache (train)" in res.detail
+    # a budget search: its phases, the baseline's training included (the final run reuses it)
+    report["search"] = {"stats": {"ran": 12, "reused_trials": 0}, "phases_s": {"total": 1500.0}}
+    [res] = evaluate(report, {"max_minutes": 25})
+    assert res.passed and res.measured == pytest.approx(25.0) and "baseline included" in res.detail
+    report["search"]["stats"] = {"ran": 2, "reused_trials": 10}
+    [res] = evaluate(report, {"max_minutes": 25})
+    assert not res.passed and "took 10 trials from its study" in res.detail
 
 
 def test_accuracy_drop_is_in_points_against_the_baseline(report):
