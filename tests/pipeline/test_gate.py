@@ -145,6 +145,13 @@ def test_the_chosen_artifact_is_the_search_verdicts_file(report):
         evaluate(report, {"artifact": "chosen", "max_bytes": 1})
 
 
+def test_run_minutes_do_not_depend_on_the_gated_artifact(report):
+    report["artifacts"] = [r for r in report["artifacts"] if r["format"] == "keras"]  # nothing deployable
+    res = by_name(evaluate(report, {"max_bytes": 1, "max_minutes": 1}))
+    assert not res["max_bytes"].passed and "no deployable artifact" in res["max_bytes"].detail
+    assert res["max_minutes"].passed and res["max_minutes"].measured == pytest.approx(15.5 / 60, abs=1e-3)
+
+
 def test_run_minutes_only_from_a_run_measured_from_scratch(report):
     report["stages"][0]["reused"] = True
     [res] = evaluate(report, {"max_minutes": 100})
