@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping
 from slimpipe.benchmarks.runtimes import RUNTIME_OF
 from slimpipe.pipeline.errors import ConfigError
 from slimpipe.pipeline.recipe import read_recipe_file
-from slimpipe.pipeline.rows import EPS, baseline_row, deployable, fmt_bytes, latency_at, reference_for
+from slimpipe.pipeline.rows import (EPS, baseline_row, deployable, fmt_bytes, latency_at, ratio_of,
+                                    reference_for, speedup)
 from slimpipe.pipeline.thresholds import CHECK_KEYS, check_thresholds
 
 
@@ -173,11 +174,16 @@ def _latency_row(row, runtime, threads, batch):
     return next((l for l in hits if l.get("device") == "cpu"), hits[0] if hits else None)
 
 
-def _check_max_p90_ms(report, row, t) -> CheckResult:
-    name, lim = row.get("name"), t["max_p90_ms"]
+def _latency_point(row, t) -> tuple[str, int, int, str]:
+    """(runtime, threads, batch, the three in words) of the latency measurement the gate checks."""
     runtime = t.get("latency_runtime") or RUNTIME_OF.get(row.get("format"), "litert")
     threads, batch = t.get("latency_threads", 1), t.get("latency_batch", 1)
-    where = f"{runtime}, {threads} thread{'s' if threads != 1 else ''}, batch {batch}"
+    return runtime, threads, batch, f"{runtime}, {threads} thread{'s' if threads != 1 else ''}, batch {batch}"
+
+
+def _check_max_p90_ms(report, row, t) -> CheckResult:
+    name, lim = row.get("name"), t["max_p90_ms"]
+    runtime, threads, batch, where = _latency_point(row, t)
     lat = _latency_row(row, runtime, threads, batch)
     p90 = lat.get("p90_ms") if lat else None
     if p90 is None:
@@ -210,10 +216,11 @@ def _ratio_check(name, field, what, report, row, t) -> CheckResult:
     ref, missing = _reference(report, row, name, lim)
     if missing:
         return missing
-    if not row.get(field) or not ref.get(field):
+    ratio = ratio_of(ref.get(field), row.get(field))
+    if ratio is None:
         return CheckResult(name, art, None, lim, False,
                            f"{what} of {art} or {ref['name']} was not measured")
-    return _min_check(name, art, ref[field] / row[field], lim,
+    return _min_check(name, art, ratio, lim,
                       f"{fmt_bytes(ref[field])} bytes ({ref['name']}) / "
                       f"{fmt_bytes(row[field])} bytes {what} =")
 
@@ -228,17 +235,17 @@ def _check_min_gzip_ratio(report, row, t) -> CheckResult:
 
 def _check_min_speedup(report, row, t) -> CheckResult:
     name, lim = row.get("name"), t["min_speedup"]
-    runtime = t.get("latency_runtime") or RUNTIME_OF.get(row.get("format"), "litert")
-    threads, batch = t.get("latency_threads", 1), t.get("latency_batch", 1)
-    where = f"{runtime}, {threads} thread{'s' if threads != 1 else ''}, batch {batch}"
+    runtime, threads, batch, where = _latency_point(row, t)
     ref, missing = _reference(report, row, "min_speedup", lim)
     if missing:
         return missing
-    mine, theirs = latency_at(row, runtime, threads, batch), latency_at(ref, runtime, threads, batch)
-    if not (mine or {}).get("p50_ms") or not (theirs or {}).get("p50_ms"):
+    mine = latency_at(row, runtime, threads, batch)
+    ratio = speedup(row, ref, mine) if mine else None
+    if ratio is None:
         return CheckResult("min_speedup", name, None, lim, False,
                            f"no p50 latency of {name} and {ref['name']} measured at {where}")
-    return _min_check("min_speedup", name, theirs["p50_ms"] / mine["p50_ms"], lim,
+    theirs = latency_at(ref, runtime, threads, batch)
+    return _min_check("min_speedup", name, ratio, lim,
                       f"p50 {theirs['p50_ms']:.4f} ms ({ref['name']}) / {mine['p50_ms']:.4f} ms "
                       f"at {where} =")
 
