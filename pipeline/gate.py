@@ -167,15 +167,9 @@ def _check_max_accuracy_drop(report, row, t) -> CheckResult:
                        f"({base_acc:.2%} -> {row['accuracy']:.2%}) {'<=' if ok else '>'} {lim:g}")
 
 
-def _latency_row(row, runtime, threads, batch):
-    """The measurement at runtime/threads/batch, on the CPU where there is one."""
-    hits = [l for l in row.get("latency") or [] if l.get("runtime") == runtime
-            and l.get("threads") == threads and l.get("batch") == batch]
-    return next((l for l in hits if l.get("device") == "cpu"), hits[0] if hits else None)
-
-
 def _latency_point(row, t) -> tuple[str, int, int, str]:
-    """(runtime, threads, batch, the three in words) of the latency measurement the gate checks."""
+    """(runtime, threads, batch, the three in words) of the latency measurement the gate checks:
+    on the CPU, on the runtime's default engine (`rows.latency_at`), as the report's tables."""
     runtime = t.get("latency_runtime") or RUNTIME_OF.get(row.get("format"), "litert")
     threads, batch = t.get("latency_threads", 1), t.get("latency_batch", 1)
     return runtime, threads, batch, f"{runtime}, {threads} thread{'s' if threads != 1 else ''}, batch {batch}"
@@ -184,7 +178,7 @@ def _latency_point(row, t) -> tuple[str, int, int, str]:
 def _check_max_p90_ms(report, row, t) -> CheckResult:
     name, lim = row.get("name"), t["max_p90_ms"]
     runtime, threads, batch, where = _latency_point(row, t)
-    lat = _latency_row(row, runtime, threads, batch)
+    lat = latency_at(row, runtime, threads, batch)
     p90 = lat.get("p90_ms") if lat else None
     if p90 is None:
         have = ", ".join(f"{l.get('runtime')}/{l.get('threads')} threads/batch "

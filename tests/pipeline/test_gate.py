@@ -185,6 +185,19 @@ def test_latency_at_the_requested_point_and_missing_measurement(report):
     assert not wrong_runtime.passed and "litert/1 threads/batch 1" in wrong_runtime.detail
 
 
+def test_latency_checks_read_the_cpu_row_on_the_default_engine(report):
+    """The p90 and speed-up checks read the measurement the report's tables show: on the CPU,
+    on LiteRT's default engine, not a builtin-kernels (A/B) row or a GPU row listed first."""
+    row = next(r for r in report["artifacts"] if r["name"] == "pruned.tflite")
+    default = next(l for l in row["latency"] if l["threads"] == 1 and l["batch"] == 1)
+    row["latency"] = [{**default, "resolver": "builtin", "p50_ms": 9.0, "p90_ms": 9.0},
+                      {**default, "device": "gpu", "p50_ms": 0.01, "p90_ms": 0.01}, *row["latency"]]
+    [p90] = evaluate(report, {"artifact": "pruned.tflite", "max_p90_ms": 5.0})
+    assert p90.passed and p90.measured == pytest.approx(default["p90_ms"])
+    [speed] = evaluate(report, {"artifact": "pruned.tflite", "min_speedup": 0.1})
+    assert speed.passed and f"{default['p50_ms']:.4f} ms at" in speed.detail
+
+
 def test_latency_runtime_defaults_to_the_artifacts_own(report):
     [res] = evaluate(report, {"artifact": "pruned.onnx", "max_p90_ms": 2.0})
     assert res.passed and res.measured == pytest.approx(1.8)  # onnxruntime row
