@@ -26,6 +26,10 @@ from slimpipe.pipeline.search.allocate import allocate_clusters, allocate_sparsi
 
 OBJECTIVES = ("size", "latency", "balanced")
 CLUSTERS = (16, 32, 64)
+# The int8 steps each objective's trials choose from ("none": the float model as it is). The
+# post-training ones need no training: the final run makes them all and measures them.
+QUANT = {"size": ("pcqat", "int8"), "latency": ("dynamic", "int8", "none"), "balanced": ("pcqat", "int8")}
+POST_TRAINING = ("dynamic", "int8")
 
 
 @dataclass(frozen=True)
@@ -73,19 +77,19 @@ def _suggest_size(trial) -> dict[str, Any]:
     # Below ~75% zeros a file is a few times smaller at best: not where the smallest file is.
     return {"sparsity": trial.suggest_float("sparsity", 0.75, 0.98),
             "clusters": trial.suggest_categorical("clusters", CLUSTERS),
-            "quant": trial.suggest_categorical("quant", ("pcqat", "int8"))}
+            "quant": trial.suggest_categorical("quant", QUANT["size"])}
 
 
 def _suggest_latency(trial) -> dict[str, Any]:
     return {"reduction": trial.suggest_float("reduction", 0.3, 0.9),
-            "quant": trial.suggest_categorical("quant", ("dynamic", "int8", "none"))}
+            "quant": trial.suggest_categorical("quant", QUANT["latency"])}
 
 
 def _suggest_balanced(trial) -> dict[str, Any]:
     return {"reduction": trial.suggest_float("reduction", 0.2, 0.8),
             "sparsity": trial.suggest_float("sparsity", 0.3, 0.95),
             "clusters": trial.suggest_categorical("clusters", CLUSTERS),
-            "quant": trial.suggest_categorical("quant", ("pcqat", "int8"))}
+            "quant": trial.suggest_categorical("quant", QUANT["balanced"])}
 
 
 def _prune(params, table, schedule: Schedule) -> dict[str, Any]:
@@ -103,13 +107,15 @@ def _cluster(params, table, tolerance: float) -> dict[str, Any]:
             **({"layer_clusters": own} if own else {})}
 
 
-def _int8(params, schedule: Schedule, *, sparse: bool, post_training: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The trial's int8 step; with `every_ptq`, also every post-training mode (`post_training`):
-    they cost seconds, not training, so the final run measures them instead of trusting a trial."""
+def _int8(params, schedule: Schedule, objective: str, *, sparse: bool) -> list[dict[str, Any]]:
+    """The trial's int8 step; with `every_ptq`, also every other post-training mode of the
+    objective's choices: they cost seconds, not training, so the final run measures them
+    instead of trusting a trial."""
     steps = _quantize(params["quant"], schedule, sparse=sparse)
     if schedule.every_ptq:
-        for mode in post_training:
-            steps += _quantize(mode, schedule, sparse=sparse) if mode != params["quant"] else []
+        for mode in QUANT[objective]:
+            if mode in POST_TRAINING and mode != params["quant"]:
+                steps += _quantize(mode, schedule, sparse=sparse)
     return steps
 
 
@@ -138,18 +144,16 @@ def _tail(schedule: Schedule) -> list[dict[str, Any]]:
 
 def _size_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
     return [_prune(params, table, schedule), {"stage": "strip"}, _cluster(params, table, tolerance),
-            *_int8(params, schedule, sparse=True, post_training=("int8",)), *_tail(schedule)]
+            *_int8(params, schedule, "size", sparse=True), *_tail(schedule)]
 
 
 def _latency_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
-    return [_structured(params, schedule), *_int8(params, schedule, sparse=False, post_training=("dynamic", "int8")),
-            *_tail(schedule)]
+    return [_structured(params, schedule), *_int8(params, schedule, "latency", sparse=False), *_tail(schedule)]
 
 
 def _balanced_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
     return [_structured(params, schedule), _prune(params, table, schedule), {"stage": "strip"},
-            _cluster(params, table, tolerance), *_int8(params, schedule, sparse=True, post_training=("int8",)),
-            *_tail(schedule)]
+            _cluster(params, table, tolerance), *_int8(params, schedule, "balanced", sparse=True), *_tail(schedule)]
 
 
 SPACES: Mapping[str, Space] = {

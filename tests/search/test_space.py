@@ -6,6 +6,10 @@ from slimpipe.pipeline.search.final import final_steps
 from slimpipe.pipeline.search.space import FULL, SPACES, TRIAL, branch, name_steps, neighbours, tag_of
 from slimpipe.stages import STAGES
 
+TABLE = {"baseline_accuracy": 0.9, "examples": 1000, "layers": [
+    {"name": "fc1", "weights": 1000, "prune": {"0.5": 0.9, "0.9": 0.89, "0.95": 0.88},
+     "cluster": {"64": 0.9, "16": 0.9}, "int8": 0.9}]}
+
 
 def test_the_neighbours_keep_fixed_shares_of_what_the_chosen_settings_keep():
     size = SPACES["size"]
@@ -69,3 +73,8 @@ def test_trials_quantize_in_their_own_mode_and_the_final_run_in_every_post_train
     assert modes({"reduction": 0.6, "quant": "none"}, TRIAL) == []
     assert modes({"reduction": 0.6, "quant": "int8"}, FULL) == ["int8", "dynamic"]
     assert modes({"reduction": 0.6, "quant": "none"}, FULL) == ["dynamic", "int8"]
+    size = lambda quant, schedule: [s["mode"] for s in SPACES["size"].steps(  # noqa: E731
+        {"sparsity": 0.9, "clusters": 32, "quant": quant}, TABLE, schedule=schedule, tolerance=0.5)
+        if s["stage"] == "quantize"]
+    assert size("pcqat", TRIAL) == ["pcqat"] and size("pcqat", FULL) == ["pcqat", "int8"]
+    assert size("int8", FULL) == ["int8"]  # pcqat trains: it is never added, only chosen
