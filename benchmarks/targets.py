@@ -6,8 +6,10 @@
 A target names the `make compress ...` command that makes its run and the release-gate
 thresholds (`slimpipe gate`) its report must pass. The report must come from that command: its
 `slimpipe compress` options (the make variables, each VAR=value being `--var value`, with the
-Makefile's defaults for MODEL, DATASET and RECIPE) must be the report's own, `--out` aside, so a
-run made with other settings is never checked against a target it does not measure.
+Makefile's defaults for MODEL, DATASET and RECIPE), parsed by the command line's own parser
+with its defaults, must be the report's own, `--out` aside, so a run made with other settings
+is never checked against a target it does not measure, and one option spelled two ways
+("--max-drop 0.50", "--max-drop=0.5") or left at its default is the same run.
 `benchmarks/bench_targets.py` (`make targets`) runs every target as a test.
 """
 from __future__ import annotations
@@ -18,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from slimpipe.pipeline.errors import ConfigError
+from slimpipe.pipeline.cli import compress_flags, compress_options
+from slimpipe.pipeline.errors import ConfigError, SlimpipeError
 from slimpipe.pipeline.gate import CheckResult, evaluate, load_report
 from slimpipe.pipeline.thresholds import check_thresholds
 
 TARGETS = Path(__file__).with_name("targets.toml")
 MAKE_DEFAULTS = {"MODEL": "cnn", "DATASET": "fashion_mnist", "RECIPE": "default"}
-IGNORED = ("--out",)  # where a run is written does not change what it measures
+IGNORED = ("out",)  # where a run is written does not change what it measures
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,9 @@ class Target:
     run: str  # the run's folder under the runs folder
     gate: dict[str, Any]
 
-    def options(self) -> dict[str, str]:
-        """The `slimpipe compress` options the command passes: {"--model": "cnn", ...}."""
+    def words(self) -> list[str]:
+        """The `slimpipe compress` words the command runs, as the Makefile passes its variables:
+        ["--model", "cnn", ..., "--seed", "1"] (a flag variable, SKIP_BAD_IMAGES=1, is "--skip-bad-images")."""
         words = shlex.split(self.command)
         if words[:2] != ["make", "compress"]:
             raise ConfigError(f"target {self.name!r}: command must start with 'make compress'. "
@@ -47,7 +51,18 @@ class Target:
                 raise ConfigError(f"target {self.name!r}: expected VAR=value after 'make compress'. "
                                   f"Received: {word!r}")
             values[var] = value
-        return {"--" + var.lower().replace("_", "-"): value for var, value in values.items()}
+        flags, out = compress_flags(), []
+        for var, value in values.items():
+            option = "--" + var.lower().replace("_", "-")
+            out += [option] if option in flags else [option, value]
+        return out
+
+    def options(self) -> dict[str, Any]:
+        """What the command runs with: `slimpipe compress`'s parsed options, defaults filled in."""
+        try:
+            return compress_options(self.words())
+        except SlimpipeError as exc:
+            raise ConfigError(f"target {self.name!r}: {exc}: fix its command") from None
 
 
 @dataclass(frozen=True)
@@ -80,46 +95,34 @@ def load_targets(path: Path = TARGETS) -> list[Target]:
     return out
 
 
-def report_options(report: Mapping[str, Any]) -> dict[str, str]:
-    """The `slimpipe compress` options of the command that wrote the report: {"--seed": "1", ...}."""
+def report_options(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the command that wrote the report ran with (its parsed `slimpipe compress` options),
+    or None when the report does not record it."""
     argv = list((report.get("run") or {}).get("argv") or [])
-    words = argv[argv.index("compress") + 1:] if "compress" in argv else []
-    out, i = {}, 0
-    while i < len(words):
-        word = words[i]
-        if word.startswith("--") and "=" in word:
-            key, value = word.split("=", 1)
-            out[key] = value
-        elif word.startswith("--") and i + 1 < len(words) and not words[i + 1].startswith("--"):
-            out[word], i = words[i + 1], i + 1
-        elif word.startswith("--"):
-            out[word] = ""
-        i += 1
-    return out
+    if "compress" not in argv:
+        return None
+    return compress_options(argv[argv.index("compress") + 1:])
 
 
 def mismatch(target: Target, report: Mapping[str, Any]) -> str | None:
     """Why the report was not made by the target's command, or None."""
-    want = {k: v for k, v in target.options().items() if k not in IGNORED}
-    have = {k: v for k, v in report_options(report).items() if k not in IGNORED}
-    if not have:
+    try:
+        have = report_options(report)
+    except SlimpipeError as exc:
+        return f"the report's command is not one slimpipe reads ({exc}); re-run `{target.command}`"
+    if have is None:
         return "the report does not record the command that made it"
-    diff = sorted(k for k in set(want) | set(have) if _norm(want.get(k)) != _norm(have.get(k)))
+    want = target.options()
+    diff = sorted(k for k in set(want) | set(have) if k not in IGNORED and want.get(k) != have.get(k))
     if not diff:
         return None
-    shown = ", ".join(f"{k} {have.get(k, '(not given)')} (the target: {want.get(k, '(not given)')})"
+    shown = ", ".join(f"--{k.replace('_', '-')} {_shown(have.get(k))} (the target: {_shown(want.get(k))})"
                       for k in diff)
     return f"the run was made with other options: {shown}; re-run `{target.command}`"
 
 
-def _norm(value: str | None) -> str | None:
-    """'0.50' and '0.5' are the same option value."""
-    if value is None:
-        return None
-    try:
-        return repr(float(value))
-    except ValueError:
-        return value
+def _shown(value: Any) -> str:
+    return "(not given)" if value in (None, False, []) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check_target(target: Target, runs: Path) -> Outcome:

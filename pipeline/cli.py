@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import re
 import sys
 import traceback
+from typing import Any
 
 import slimpipe.pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from slimpipe.pipeline.errors import SlimpipeError, StageError
@@ -30,7 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true",
                    help="also show TensorFlow's start-up notices and log messages")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compress", help="run a recipe on a model and a data set")
+    _add_compress_options(sub.add_parser("compress", help="run a recipe on a model and a data set"))
+    j = sub.add_parser("join", help="add a worker to the budget search running in OUT (its trials only)")
+    j.add_argument("out", help="the --out folder of a running `slimpipe compress --recipe auto`")
+    j.add_argument("--threads", type=int, default=None, help="TensorFlow threads for this worker")
+    sub.add_parser("list", help="list models, data sets, stages and recipes")
+    add_gate_parser(sub)
+    add_results_parser(sub)
+    return p
+
+
+def _add_compress_options(c) -> None:
     c.add_argument("--model", default="cnn", help="a model name (see 'slimpipe list') or a path "
                    "to a saved Keras model (.keras, .h5 or SavedModel folder; tf_keras or Keras 3, "
                    "whose models are translated and written back as .keras files)")
@@ -68,13 +80,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="run every stage again instead of reusing finished ones in --out")
     _add_search_options(c)
     _add_distribute_options(c)
-    j = sub.add_parser("join", help="add a worker to the budget search running in OUT (its trials only)")
-    j.add_argument("out", help="the --out folder of a running `slimpipe compress --recipe auto`")
-    j.add_argument("--threads", type=int, default=None, help="TensorFlow threads for this worker")
-    sub.add_parser("list", help="list models, data sets, stages and recipes")
-    add_gate_parser(sub)
-    add_results_parser(sub)
-    return p
+
+
+def compress_options(words: list[str]) -> dict[str, Any]:
+    """What `slimpipe compress WORDS` runs with: {option: value} as the command line parses them,
+    defaults filled in, however the words spell them ("--seed=1", "--max-drop 0.50" and
+    "--max-drop 0.5" are one run). ConfigError, with argparse's reason, when they do not parse."""
+    parser, said = _compress_parser(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = parser.parse_args(words)
+    except SystemExit:
+        reason = (said.getvalue().strip().splitlines() or ["they do not parse"])[-1]
+        reason = reason.removeprefix("slimpipe compress: ").removeprefix("error: ")
+        raise SlimpipeError(f"not options of slimpipe compress: {reason}") from None
+    options = vars(args)
+    if options["recipe"] == "auto":  # the search's defaults, as _search_args fills them
+        options.update({k: v for k, v in SEARCH_DEFAULTS.items() if options[k] is None})
+        options["trial_slack"] = options["max_drop"] if options["trial_slack"] is None else options["trial_slack"]
+    return options
+
+
+def compress_flags() -> set[str]:
+    """The options of `slimpipe compress` that take no value ("--skip-bad-images")."""
+    return {o for a in _compress_parser()._actions if a.nargs == 0 for o in a.option_strings}
+
+
+def _compress_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimpipe compress", add_help=False)
+    _add_compress_options(parser)
+    return parser
 
 
 SEARCH_DEFAULTS = {"max_drop": 0.5, "objective": "size", "trials": 12, "validation": 0.1, "trial_epochs": 2, "jobs": 1,
