@@ -50,11 +50,14 @@ class Quantize(FineTune):
     ['pruned.pqat', 'pruned.pqat.tflite']
 
     `sparse=True` also stores mostly-zero weights in TFLite's sparse format
-    (Optimize.EXPERIMENTAL_SPARSITY). With "dynamic" such files failed to prepare under XNNPACK
-    here; LiteRT then runs builtin kernels (recorded as the validation's "delegate"). Each sparse
-    kernel is stored in the traversal order whose index arrays gzip smallest
-    (`sparse_layout="smallest"`, outputs checked bit-identical) or as the converter wrote it
-    (`"converter"`); the file's orders are recorded as `sparse_orders`.
+    (Optimize.EXPERIMENTAL_SPARSITY); `sparse="both"` writes the file twice from the same model,
+    with sparse storage (".sparse": smallest on disk) and without (smallest by gzip: a mostly-zero
+    int8 kernel's runs of zeros compress better than the sparse format's index arrays). With
+    "dynamic", sparse files failed to prepare under XNNPACK here; LiteRT then runs builtin
+    kernels (recorded as the validation's "delegate"). Each sparse kernel is stored in the
+    traversal order whose index arrays gzip smallest (`sparse_layout="smallest"`, outputs checked
+    bit-identical) or as the converter wrote it (`"converter"`); the file's orders are recorded
+    as `sparse_orders`.
     `strip_names=True` drops the tensor names and signature defs from the file (see
     `export_tflite(strip_names=True)`): ~2 KB smaller, same outputs; the report then names its
     tensors tensor<index>.
@@ -81,7 +84,7 @@ class Quantize(FineTune):
     learning_rate: float = 1e-4
     representative_samples: int = 500
     io: str = "float"
-    sparse: bool = False
+    sparse: bool | str = False  # or "both"
     sparse_layout: str = "smallest"
     strip_names: bool = False
     per_channel: bool = True
@@ -98,7 +101,8 @@ class Quantize(FineTune):
                 f"io='int8' (integer model inputs/outputs) needs mode='int8'. Received: mode={self.mode!r}, "
                 f"io={self.io!r}; fix: use mode='int8' or io='float'")
         check_count(n, "representative_samples", self.representative_samples, minimum=1)
-        require(isinstance(self.sparse, bool), n, f"sparse must be true or false. Received: sparse={self.sparse!r}")
+        require(isinstance(self.sparse, bool) or self.sparse == "both", n,
+                f"sparse must be true, false or 'both'. Received: sparse={self.sparse!r}")
         check_choice(n, "sparse_layout", self.sparse_layout, SPARSE_LAYOUTS)
         require(isinstance(self.strip_names, bool), n,
                 f"strip_names must be true or false. Received: strip_names={self.strip_names!r}")
@@ -134,57 +138,69 @@ class Quantize(FineTune):
             else:
                 model, rewrite = rewritten, found
         stem = art.name + "." + self.mode + (".io-int8" if self.io == "int8" else "") \
-            + (".per-tensor" if not self.per_channel else "") + (".sparse" if self.sparse else "") \
-            + (".s2d" if rewrite else "")
-        path = ctx.stage_path(f"{stem}.tflite")
+            + (".per-tensor" if not self.per_channel else "")
+        s2d = ".s2d" if rewrite else ""
+        files = [(ctx.stage_path(f"{stem}{'.sparse' if sparse else ''}{s2d}.tflite"), sparse)
+                 for sparse in self.storages]
         if self.mode in PTQ_MODES:
-            self._convert(model, path, ctx)
-            meta = self._measure(path, reference, x, ctx, result)
+            for path, sparse in files:
+                self._convert(model, path, ctx, sparse)
+                meta = self._measure(path, reference, x, ctx, result, sparse)
+                if rewrite:
+                    counted = keras_complexity(model)
+                    # The file runs the rewritten conv: its own MACs and parameters, not its parent's.
+                    meta.update(space_to_depth_stem=rewrite,
+                                complexity={"params": counted["params"], "macs": counted["macs"]})
+                result.artifacts.append(ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta))
             if rewrite:
-                counted = keras_complexity(model)
-                # The file runs the rewritten conv: its own MACs and parameters, not its parent's.
-                meta.update(space_to_depth_stem=rewrite,
-                            complexity={"params": counted["params"], "macs": counted["macs"]})
-                result.note(f"quantize: {path.name} computes {rewrite['conv']} + {rewrite['pool']} on a "
-                            f"space-to-depth view of the input (the same function; a "
-                            f"{'x'.join(map(str, rewrite['new_kernel'][:2]))} conv to {rewrite['new_kernel'][3]} "
-                            f"channels, then the max over 4 groups)")
-            result.artifacts.append(ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta))
+                result.note(f"quantize: {', '.join(p.name for p, _ in files)} compute{'s' if len(files) == 1 else ''} "
+                            f"{rewrite['conv']} + {rewrite['pool']} on a space-to-depth view of the input (the "
+                            f"same function; a {'x'.join(map(str, rewrite['new_kernel'][:2]))} conv to "
+                            f"{rewrite['new_kernel'][3]} channels, then the max over 4 groups)")
             return result
-        return self._qat_files(source, art, stem, path, reference, x, ctx, result)
+        return self._qat_files(source, art, stem + (".sparse" if self.sparse is True else ""), files, reference, x,
+                               ctx, result)
 
-    def _qat_files(self, source, art, stem: str, path: Path, reference, x, ctx, result) -> StageResult:
-        """The QAT model and its full-integer file (float I/O: Optimize.DEFAULT on a QAT model
+    @property
+    def storages(self) -> tuple[bool, ...]:
+        """The weight storages written: sparse (True) and/or dense (False)."""
+        return (True, False) if self.sparse == "both" else (bool(self.sparse),)
+
+    def _qat_files(self, source, art, stem: str, files, reference, x, ctx, result) -> StageResult:
+        """The QAT model and its full-integer file(s) (float I/O: Optimize.DEFAULT on a QAT model
         uses its learned ranges)."""
         qat, qat_meta = self._train_qat(source, ctx, result)
-        export_tflite(qat, path, mode="dynamic", sparse=self.sparse, strip_names=self.strip_names,
-                      per_channel=self.per_channel, sparse_layout=self.sparse_layout)
-        # The file is checked against the model it was converted from: fine-tuning itself moves
-        # the predictions, so agreement with the float input is recorded next to the accuracies,
-        # not enforced.
+        # The files are checked against the model they were converted from: fine-tuning itself
+        # moves the predictions, so agreement with the float input is recorded next to the
+        # accuracies, not enforced.
         qat_reference = qat.predict(x, verbose=0, batch_size=256)
-        meta = self._measure(path, qat_reference, x, ctx, result)  # raises before anything is recorded
-        meta["vs_input"] = _versus_input(path, reference, x, ctx.data.y_test[: len(x)])
-        if self.mode in ("pqat", "pcqat"):
-            meta["sparsity"] = weight_sparsity(path, "tflite")["sparsity"]
+        metas = []
+        for path, sparse in files:
+            export_tflite(qat, path, mode="dynamic", sparse=sparse, strip_names=self.strip_names,
+                          per_channel=self.per_channel, sparse_layout=self.sparse_layout)
+            meta = self._measure(path, qat_reference, x, ctx, result, sparse)  # raises before anything is recorded
+            meta["vs_input"] = _versus_input(path, reference, x, ctx.data.y_test[: len(x)])
+            if self.mode in ("pqat", "pcqat"):
+                meta["sparsity"] = weight_sparsity(path, "tflite")["sparsity"]
+            metas.append(meta)
         keras_art = ctx.save_model(self, qat, stem, parent=art, kind="keras:qat", meta=qat_meta)
         why = _reload_failure(keras_art.path)
         if why:  # tfmot cannot rebuild some QAT wrappers from their file (e.g. DepthwiseConv2D in pcqat)
             keras_art = dataclasses.replace(keras_art, meta={**keras_art.meta, "reloads": False})
             result.note(f"quantize {self.mode}: the QAT Keras model {keras_art.name} does not load back "
                         f"({why}); its file is kept for reference and not measured; the TFLite file is")
-        result.artifacts += [keras_art, ctx.add_file(self, path, path.name, fmt="tflite", parent=keras_art,
-                                                     meta=meta)]
+        result.artifacts += [keras_art, *(ctx.add_file(self, path, path.name, fmt="tflite", parent=keras_art, meta=meta)
+                                          for (path, _), meta in zip(files, metas))]
         return result
 
     # -- post-training -----------------------------------------------------------------------
-    def _convert(self, model, path: Path, ctx) -> None:
+    def _convert(self, model, path: Path, ctx, sparse: bool) -> None:
         if self.mode != "int8":
-            export_tflite(model, path, mode=self.mode, sparse=self.sparse, per_channel=self.per_channel,
+            export_tflite(model, path, mode=self.mode, sparse=sparse, per_channel=self.per_channel,
                           sparse_layout=self.sparse_layout, strip_names=self.strip_names)
             return
         rep = ctx.data.x_train[: self.representative_samples]
-        export_tflite(model, path, mode="int8", sparse=self.sparse, representative=rep, io=self.io,
+        export_tflite(model, path, mode="int8", sparse=sparse, representative=rep, io=self.io,
                       per_channel=self.per_channel, sparse_layout=self.sparse_layout,
                       strip_names=self.strip_names)
 
@@ -218,7 +234,7 @@ class Quantize(FineTune):
         return qat, {**meta, "epochs": self.epochs}
 
     # -- checks ------------------------------------------------------------------------------
-    def _measure(self, path: Path, reference, x, ctx, result: StageResult) -> dict:
+    def _measure(self, path: Path, reference, x, ctx, result: StageResult, sparse: bool) -> dict:
         check = check_parity(reference, path, "tflite", x)
         # A quantized file cannot match float logits to 1e-4: it passes on top-1 agreement.
         # atol/mismatched_samples stay in the record as information.
@@ -229,13 +245,13 @@ class Quantize(FineTune):
             result.note(failed)
         if check["delegate"] != "xnnpack":
             result.note(f"quantize: {path.name} runs on LiteRT's builtin kernels: XNNPACK did not take it"
-                     + (" (sparse weight storage)" if self.sparse else ""))
+                     + (" (sparse weight storage)" if sparse else ""))
         tensors = tflite_weight_tensors(path)
-        meta = {"mode": self.mode, "io": self.io, "sparse_storage": self.sparse,
+        meta = {"mode": self.mode, "io": self.io, "sparse_storage": sparse,
                 "per_channel": self.per_channel,
                 **({"names_stripped": True} if self.strip_names else {}),
                 **({"sparse_layout": self.sparse_layout, "sparse_orders": sparse_orders(path)}
-                   if self.sparse else {}),
+                   if sparse else {}),
                 "weight_dtypes": sorted({t["dtype"] for t in tensors}), "weight_tensors": tensors,
                 "validation": check}
         if self.mode == "int8":

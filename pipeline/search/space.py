@@ -8,7 +8,8 @@ A trial starts from the trained baseline. Per-layer sparsity and cluster counts 
 sensitivity table (`pipeline.search.allocate`), so one overall setting fits any model:
 
 - size: unstructured pruning to an overall sparsity (allocated across layers), clustering
-  (a count per layer), then int8 by sparsity- and cluster-preserving QAT or post-training;
+  (a count per layer), then int8 by sparsity- and cluster-preserving QAT or post-training, each
+  file in sparse weight storage (smallest on disk) and dense (smallest by gzip);
 - latency: structured pruning (whole filters and neurons, a share of the MACs), then int8
   (dynamic range or full integer) or none;
 - balanced: structured pruning, then unstructured pruning, clustering and int8 of what is left.
@@ -30,6 +31,9 @@ CLUSTERS = (16, 32, 64)
 # post-training ones need no training: the final run makes them all and measures them.
 QUANT = {"size": ("pcqat", "int8"), "latency": ("dynamic", "int8", "none"), "balanced": ("pcqat", "int8")}
 POST_TRAINING = ("dynamic", "int8")
+# A pruned model's int8 files in both weight storages: sparse is the smallest on disk, dense the
+# smallest by gzip (what the size objective measures); the same model, the same outputs.
+BOTH = "both"
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def _cluster(params, table, tolerance: float) -> dict[str, Any]:
             **({"layer_clusters": own} if own else {})}
 
 
-def _int8(params, schedule: Schedule, objective: str, *, sparse: bool) -> list[dict[str, Any]]:
+def _int8(params, schedule: Schedule, objective: str, *, sparse: bool | str) -> list[dict[str, Any]]:
     """The trial's int8 step; with `every_ptq`, also every other post-training mode of the
     objective's choices: they cost seconds, not training, so the final run measures them
     instead of trusting a trial."""
@@ -119,10 +123,10 @@ def _int8(params, schedule: Schedule, objective: str, *, sparse: bool) -> list[d
     return steps
 
 
-def _quantize(mode: str, schedule: Schedule, *, sparse: bool) -> list[dict[str, Any]]:
+def _quantize(mode: str, schedule: Schedule, *, sparse: bool | str) -> list[dict[str, Any]]:
     if mode == "pcqat":
         return [{"stage": "quantize", "mode": "pcqat", "epochs": schedule.qat_epochs, "learning_rate": 1e-4,
-                 **DISTILL, "sparse": True, "strip_names": True, "per_channel": False}]
+                 **DISTILL, "sparse": sparse, "strip_names": True, "per_channel": False}]
     if mode == "none":
         return []
     return [{"stage": "quantize", "mode": mode, "sparse": sparse, "strip_names": True}]
@@ -144,7 +148,7 @@ def _tail(schedule: Schedule) -> list[dict[str, Any]]:
 
 def _size_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
     return [_prune(params, table, schedule), {"stage": "strip"}, _cluster(params, table, tolerance),
-            *_int8(params, schedule, "size", sparse=True), *_tail(schedule)]
+            *_int8(params, schedule, "size", sparse=BOTH), *_tail(schedule)]
 
 
 def _latency_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
@@ -153,7 +157,8 @@ def _latency_steps(params, table, *, schedule: Schedule, tolerance: float) -> li
 
 def _balanced_steps(params, table, *, schedule: Schedule, tolerance: float) -> list[dict[str, Any]]:
     return [_structured(params, schedule), _prune(params, table, schedule), {"stage": "strip"},
-            _cluster(params, table, tolerance), *_int8(params, schedule, "balanced", sparse=True), *_tail(schedule)]
+            _cluster(params, table, tolerance), *_int8(params, schedule, "balanced", sparse=BOTH),
+            *_tail(schedule)]
 
 
 SPACES: Mapping[str, Space] = {

@@ -78,3 +78,7 @@ def test_trials_quantize_in_their_own_mode_and_the_final_run_in_every_post_train
         if s["stage"] == "quantize"]
     assert size("pcqat", TRIAL) == ["pcqat"] and size("pcqat", FULL) == ["pcqat", "int8"]
     assert size("int8", FULL) == ["int8"]  # pcqat trains: it is never added, only chosen
+    storage = lambda space, params: {s["sparse"] for s in SPACES[space].steps(  # noqa: E731
+        params, TABLE, schedule=FULL, tolerance=0.5) if s["stage"] == "quantize"}
+    assert storage("size", {"sparsity": 0.9, "clusters": 32, "quant": "pcqat"}) == {"both"}  # smallest on disk, by gzip
+    assert storage("latency", {"reduction": 0.6, "quant": "int8"}) == {False}  # nothing mostly zero

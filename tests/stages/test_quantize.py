@@ -129,11 +129,7 @@ def test_pqat_keeps_the_sparsity_of_a_pruned_input(ctx, trained_path, tmp_path):
 
 
 def test_sparse_int8_records_its_layout_and_is_no_larger_than_the_converters(ctx, trained_path, tmp_path):
-    pruned = clone_with_weights(load_keras(trained_path))
-    kernel, bias = pruned.get_layer("dense").get_weights()  # BIG: [200, 32] in Keras
-    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.9)] = 0.0
-    pruned.get_layer("dense").set_weights([kernel, bias])
-    art = keras_artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
+    art = _mostly_zero(trained_path, tmp_path)
 
     ours = run(Quantize(mode="int8", sparse=True), art, ctx, "smallest")[0]
     theirs = run(Quantize(mode="int8", sparse=True, sparse_layout="converter"), art, ctx, "converter")[0]
@@ -144,6 +140,54 @@ def test_sparse_int8_records_its_layout_and_is_no_larger_than_the_converters(ctx
     assert [o["shape"] for o in ours.meta["sparse_orders"]] == [list(BIG)]
     assert ours.path.stat().st_size <= theirs.path.stat().st_size
     assert ours.meta["validation"]["top1_agreement"] == theirs.meta["validation"]["top1_agreement"]
+
+
+def _mostly_zero(trained_path, tmp_path, zeros=0.9):
+    pruned = clone_with_weights(load_keras(trained_path))
+    kernel, bias = pruned.get_layer("dense").get_weights()  # BIG: [200, 32] in Keras
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), zeros)] = 0.0
+    pruned.get_layer("dense").set_weights([kernel, bias])
+    return keras_artifact(save_keras(pruned, tmp_path / "pruned.h5"), "pruned")
+
+
+def _outputs(path, x):
+    """On LiteRT's builtin kernels: XNNPACK takes only the dense-storage file, and its kernels
+    round differently."""
+    from slimpipe.benchmarks.accuracy import predict_all
+
+    return predict_all(open_runtime(path, "tflite", threads=1, resolver="builtin"), x)
+
+
+def _gzip(path):
+    import gzip
+
+    return len(gzip.compress(path.read_bytes(), 9))
+
+
+def test_sparse_both_writes_the_same_int8_model_in_sparse_and_dense_storage(ctx, trained_path, tmp_path):
+    art = _mostly_zero(trained_path, tmp_path)
+
+    sparse, dense = run(Quantize(mode="int8", sparse="both", strip_names=True), art, ctx)
+
+    assert (sparse.name, dense.name) == ("pruned.int8.sparse.tflite", "pruned.int8.tflite")
+    assert sparse.parent == dense.parent == "pruned"
+    assert (sparse.meta["sparse_storage"], dense.meta["sparse_storage"]) == (True, False)
+    assert "sparse_orders" in sparse.meta and "sparse_orders" not in dense.meta
+    np.testing.assert_array_equal(_outputs(sparse.path, ctx.data.x_test), _outputs(dense.path, ctx.data.x_test))
+    assert sparse.path.stat().st_size < dense.path.stat().st_size  # sparse storage: smaller on disk
+    assert _gzip(dense.path) < _gzip(sparse.path)  # dense storage: its runs of zeros gzip smaller
+
+
+def test_sparse_both_converts_one_qat_model_twice(ctx, trained_path, tmp_path):
+    art = _mostly_zero(trained_path, tmp_path)
+
+    keras_art, sparse, dense = run(Quantize(mode="pqat", epochs=1, sparse="both"), art, ctx)
+
+    assert (keras_art.name, sparse.name, dense.name) == ("pruned.pqat", "pruned.pqat.sparse.tflite", "pruned.pqat.tflite")
+    assert sparse.parent == dense.parent == keras_art.name
+    assert sparse.meta["sparsity"] == pytest.approx(dense.meta["sparsity"]) and dense.meta["sparsity"] > 0.5
+    np.testing.assert_array_equal(_outputs(sparse.path, ctx.data.x_test), _outputs(dense.path, ctx.data.x_test))
+    assert dense.meta["validation"]["passed"] and dense.meta["vs_input"]["samples"] == len(ctx.data.x_test)
 
 
 def test_cqat_keeps_the_clusters(ctx, trained):
@@ -218,6 +262,7 @@ def test_disagreement_is_recorded_as_failed_parity_with_a_note(ctx, tiny_model, 
     ({"learning_rate": -1e-4}, "learning_rate"),
     ({"representative_samples": 0}, "representative_samples"),
     ({"sparse": 1}, "sparse"),
+    ({"sparse": "dense"}, "sparse must be true, false or 'both'"),
     ({"sparse": True, "sparse_layout": "csc"}, "sparse_layout must be one of 'smallest', 'converter'"),
     ({"per_channel": "no"}, "per_channel"),
     ({"min_agreement": 1.5}, "min_agreement"),
