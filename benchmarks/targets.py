@@ -122,7 +122,9 @@ def mismatch(target: Target, report: Mapping[str, Any]) -> str | None:
 
 
 def _shown(value: Any) -> str:
-    return "(not given)" if value in (None, False, []) else f"{value:g}" if isinstance(value, float) else str(value)
+    if value is None or value is False or value == []:  # not `in (None, False, [])`: 0 == False
+        return "(not given)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check_target(target: Target, runs: Path) -> Outcome:

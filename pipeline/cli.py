@@ -85,7 +85,7 @@ def _add_compress_options(c) -> None:
 def compress_options(words: list[str]) -> dict[str, Any]:
     """What `slimpipe compress WORDS` runs with: {option: value} as the command line parses them,
     defaults filled in, however the words spell them ("--seed=1", "--max-drop 0.50" and
-    "--max-drop 0.5" are one run). ConfigError, with argparse's reason, when they do not parse."""
+    "--max-drop 0.5" are one run). SlimpipeError, with argparse's reason, when they do not parse."""
     parser, said = _compress_parser(), io.StringIO()
     try:
         with contextlib.redirect_stderr(said):

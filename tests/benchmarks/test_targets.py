@@ -73,6 +73,8 @@ def test_a_run_with_other_options_is_a_mismatch(tmp_path):
     outcome = check_target(target, runs)
     assert not outcome.passed and outcome.results == []
     assert "--epochs 1 (the target: (not given))" in outcome.mismatch and "--seed 2 (the target: 1)" in outcome.mismatch
+    seed0 = check_target(Target("t", "make compress SEED=0", "r", {"max_bytes": 10**9}), runs)
+    assert "--seed 2 (the target: 0)" in seed0.mismatch  # 0 is a value, not "not given"
     assert mismatch(target, {"run": {}}) == "the report does not record the command that made it"
     garbled = mismatch(target, {"run": {"argv": ["slimpipe", "compress", "--seed", "one"]}})
     assert "is not one slimpipe reads" in garbled and "invalid int value: 'one'" in garbled
