@@ -51,8 +51,9 @@ class Quantize(FineTune):
 
     `sparse=True` also stores mostly-zero weights in TFLite's sparse format
     (Optimize.EXPERIMENTAL_SPARSITY); `sparse="both"` writes the file twice from the same model,
-    with sparse storage (".sparse": smallest on disk) and without (smallest by gzip: a mostly-zero
-    int8 kernel's runs of zeros compress better than the sparse format's index arrays). With
+    with sparse storage (".sparse": smallest on disk) and without (often smaller by gzip: a
+    mostly-zero int8 kernel's runs of zeros can compress better than the sparse format's index
+    arrays; measure both). With
     "dynamic", sparse files failed to prepare under XNNPACK here; LiteRT then runs builtin
     kernels (recorded as the validation's "delegate"). Each sparse kernel is stored in the
     traversal order whose index arrays gzip smallest (`sparse_layout="smallest"`, outputs checked

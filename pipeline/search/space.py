@@ -9,7 +9,7 @@ sensitivity table (`pipeline.search.allocate`), so one overall setting fits any 
 
 - size: unstructured pruning to an overall sparsity (allocated across layers), clustering
   (a count per layer), then int8 by sparsity- and cluster-preserving QAT or post-training, each
-  file in sparse weight storage (smallest on disk) and dense (smallest by gzip);
+  file in sparse weight storage (smallest on disk) and dense (often smaller by gzip);
 - latency: structured pruning (whole filters and neurons, a share of the MACs), then int8
   (dynamic range or full integer) or none;
 - balanced: structured pruning, then unstructured pruning, clustering and int8 of what is left.
@@ -31,8 +31,8 @@ CLUSTERS = (16, 32, 64)
 # post-training ones need no training: the final run makes them all and measures them.
 QUANT = {"size": ("pcqat", "int8"), "latency": ("dynamic", "int8", "none"), "balanced": ("pcqat", "int8")}
 POST_TRAINING = ("dynamic", "int8")
-# A pruned model's int8 files in both weight storages: sparse is the smallest on disk, dense the
-# smallest by gzip (what the size objective measures); the same model, the same outputs.
+# A pruned model's int8 files in both weight storages: sparse is the smallest on disk, dense is
+# often smaller by gzip (what the size objective measures); the same weights, both measured.
 BOTH = "both"
 
 
