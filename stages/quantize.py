@@ -53,12 +53,11 @@ class Quantize(FineTune):
     (Optimize.EXPERIMENTAL_SPARSITY); `sparse="both"` writes the file twice from the same model,
     with sparse storage (".sparse": smallest on disk) and without (often smaller by gzip: a
     mostly-zero int8 kernel's runs of zeros can compress better than the sparse format's index
-    arrays; measure both). With
-    "dynamic", sparse files failed to prepare under XNNPACK here; LiteRT then runs builtin
-    kernels (recorded as the validation's "delegate"). Each sparse kernel is stored in the
-    traversal order whose index arrays gzip smallest (`sparse_layout="smallest"`, outputs checked
-    bit-identical) or as the converter wrote it (`"converter"`); the file's orders are recorded
-    as `sparse_orders`.
+    arrays; measure both). With "dynamic", sparse files failed to prepare under XNNPACK here;
+    LiteRT then runs builtin kernels (recorded as the validation's "delegate"). Each sparse
+    kernel is stored in the traversal order whose index arrays gzip smallest
+    (`sparse_layout="smallest"`, outputs checked bit-identical) or as the converter wrote it
+    (`"converter"`); the file's orders are recorded as `sparse_orders`.
     `strip_names=True` drops the tensor names and signature defs from the file (see
     `export_tflite(strip_names=True)`): ~2 KB smaller, same outputs; the report then names its
     tensors tensor<index>.
@@ -189,7 +188,8 @@ class Quantize(FineTune):
         if why:  # tfmot cannot rebuild some QAT wrappers from their file (e.g. DepthwiseConv2D in pcqat)
             keras_art = dataclasses.replace(keras_art, meta={**keras_art.meta, "reloads": False})
             result.note(f"quantize {self.mode}: the QAT Keras model {keras_art.name} does not load back "
-                        f"({why}); its file is kept for reference and not measured; the TFLite file is")
+                        f"({why}); its file is kept for reference and not measured; its TFLite "
+                        f"file{'s are' if len(files) > 1 else ' is'}")
         result.artifacts += [keras_art, *(ctx.add_file(self, path, path.name, fmt="tflite", parent=keras_art, meta=meta)
                                           for (path, _), meta in zip(files, metas))]
         return result

@@ -183,7 +183,8 @@ def test_sparse_both_converts_one_qat_model_twice(ctx, trained_path, tmp_path):
 
     keras_art, sparse, dense = run(Quantize(mode="pqat", epochs=1, sparse="both"), art, ctx)
 
-    assert (keras_art.name, sparse.name, dense.name) == ("pruned.pqat", "pruned.pqat.sparse.tflite", "pruned.pqat.tflite")
+    assert (keras_art.name, sparse.name, dense.name) == (
+        "pruned.pqat", "pruned.pqat.sparse.tflite", "pruned.pqat.tflite")
     assert sparse.parent == dense.parent == keras_art.name
     assert sparse.meta["sparsity"] == pytest.approx(dense.meta["sparsity"]) and dense.meta["sparsity"] > 0.5
     np.testing.assert_array_equal(_outputs(sparse.path, ctx.data.x_test), _outputs(dense.path, ctx.data.x_test))
