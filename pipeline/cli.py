@@ -94,11 +94,9 @@ def compress_options(words: list[str]) -> dict[str, Any]:
         reason = (said.getvalue().strip().splitlines() or ["they do not parse"])[-1]
         reason = reason.removeprefix("slimpipe compress: ").removeprefix("error: ")
         raise SlimpipeError(f"not options of slimpipe compress: {reason}") from None
-    options = vars(args)
-    if options["recipe"] == "auto":  # the search's defaults, as _search_args fills them
-        options.update({k: v for k, v in SEARCH_DEFAULTS.items() if options[k] is None})
-        options["trial_slack"] = options["max_drop"] if options["trial_slack"] is None else options["trial_slack"]
-    return options
+    if args.recipe == "auto":
+        _fill_search_defaults(args)
+    return vars(args)
 
 
 def compress_flags() -> set[str]:
@@ -159,12 +157,16 @@ def _search_args(args) -> None:
             flag = "--" + given[0].replace("_", "-")
             raise SlimpipeError(f"{flag} is an option of the budget search: add --recipe auto, or drop {flag}")
         return
+    _fill_search_defaults(args)
+    args.time_budget_text = next((a for a in args.argv if a.startswith("--time-budget")), "")
+
+
+def _fill_search_defaults(args) -> None:
     for key, value in SEARCH_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.trial_slack is None:
         args.trial_slack = args.max_drop
-    args.time_budget_text = next((a for a in args.argv if a.startswith("--time-budget")), "")
 
 
 def _add_distribute_options(c) -> None:

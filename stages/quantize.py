@@ -143,12 +143,12 @@ class Quantize(FineTune):
         files = [(ctx.stage_path(f"{stem}{'.sparse' if sparse else ''}{s2d}.tflite"), sparse)
                  for sparse in self.storages]
         if self.mode in PTQ_MODES:
+            # A rewritten stem's files run the rewritten conv: their own MACs and parameters.
+            counted = keras_complexity(model) if rewrite else None
             for path, sparse in files:
                 self._convert(model, path, ctx, sparse)
                 meta = self._measure(path, reference, x, ctx, result, sparse)
                 if rewrite:
-                    counted = keras_complexity(model)
-                    # The file runs the rewritten conv: its own MACs and parameters, not its parent's.
                     meta.update(space_to_depth_stem=rewrite,
                                 complexity={"params": counted["params"], "macs": counted["macs"]})
                 result.artifacts.append(ctx.add_file(self, path, path.name, fmt="tflite", parent=art, meta=meta))
